@@ -1,0 +1,367 @@
+"""Synthetic FHIR R4 patients by clinical profile, for evaluation, tests, the demo and benchmarks.
+
+Every profile states the outcome the model is meant to give it, so the evaluation command and the
+tests can hold the model to its intent. Resources are built by small factories; nothing here is
+copied from a real record.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+SNOMED = "http://snomed.info/sct"
+ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
+LOINC = "http://loinc.org"
+CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+
+Resource = dict[str, Any]
+
+
+class Factory:
+    """Builds resources for one patient with reproducible ids."""
+
+    def __init__(self, seed: int = 0, today: date | None = None, patient_id: str | None = None) -> None:
+        self.rng = random.Random(seed)
+        self.today = today or date(2026, 11, 24)
+        self.patient_id = patient_id or self.new_id()
+
+    def new_id(self) -> str:
+        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    @property
+    def subject(self) -> dict[str, str]:
+        return {"reference": f"Patient/{self.patient_id}"}
+
+    def days_ago(self, days: int) -> str:
+        return (self.today - timedelta(days=days)).isoformat()
+
+    def patient(self, age: int, gender: str = "female") -> Resource:
+        born = date(self.today.year - age, 3, 1)
+        if born > self.today.replace(year=self.today.year - age):
+            born = born.replace(year=born.year - 1)
+        return {"resourceType": "Patient", "id": self.patient_id, "gender": gender, "birthDate": born.isoformat()}
+
+    def condition(
+        self,
+        system: str,
+        code: str,
+        display: str,
+        *,
+        clinical: str = "active",
+        verification: str = "confirmed",
+        onset_days_ago: int = 90,
+        body_site: str | None = None,
+    ) -> Resource:
+        resource: Resource = {
+            "resourceType": "Condition",
+            "id": self.new_id(),
+            "clinicalStatus": {"coding": [{"system": CLINICAL, "code": clinical}]},
+            "verificationStatus": {"coding": [{"system": VERIFICATION, "code": verification}]},
+            "code": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
+            "subject": self.subject,
+            "onsetDateTime": self.days_ago(onset_days_ago),
+            "recordedDate": self.days_ago(onset_days_ago),
+        }
+        if body_site:
+            resource["bodySite"] = [{"text": body_site}]
+        return resource
+
+    def observation(
+        self, system: str, code: str, display: str, *, value: float | None = None, days_ago: int = 30, status: str = "final"
+    ) -> Resource:
+        resource: Resource = {
+            "resourceType": "Observation",
+            "id": self.new_id(),
+            "status": status,
+            "code": {"coding": [{"system": system, "code": code, "display": display}]},
+            "subject": self.subject,
+            "effectiveDateTime": self.days_ago(days_ago),
+        }
+        if value is not None:
+            resource["valueQuantity"] = {
+                "value": value,
+                "unit": "{score}",
+                "system": "http://unitsofmeasure.org",
+                "code": "{score}",
+            }
+        return resource
+
+    def procedure(self, system: str, code: str, display: str, *, days_ago: int = 400, status: str = "completed") -> Resource:
+        return {
+            "resourceType": "Procedure",
+            "id": self.new_id(),
+            "status": status,
+            "code": {"coding": [{"system": system, "code": code, "display": display}]},
+            "subject": self.subject,
+            "performedDateTime": self.days_ago(days_ago),
+        }
+
+    def service_request(
+        self,
+        system: str,
+        code: str,
+        display: str,
+        *,
+        status: str = "active",
+        days_ago: int = 10,
+        body_site: tuple[str, str] | None = None,
+    ) -> Resource:
+        resource: Resource = {
+            "resourceType": "ServiceRequest",
+            "id": self.new_id(),
+            "status": status,
+            "intent": "order",
+            "code": {"coding": [{"system": system, "code": code, "display": display}]},
+            "subject": self.subject,
+            "authoredOn": self.days_ago(days_ago),
+        }
+        if body_site:
+            resource["bodySite"] = [{"coding": [{"system": SNOMED, "code": body_site[0], "display": body_site[1]}]}]
+        return resource
+
+    def noise(self, count: int) -> list[Resource]:
+        """Resources that cannot matter: encounters, immunisations, vital signs."""
+        out: list[Resource] = []
+        for i in range(count):
+            kind = i % 3
+            if kind == 0:
+                out.append(
+                    {
+                        "resourceType": "Encounter",
+                        "id": self.new_id(),
+                        "status": "finished",
+                        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                        "type": [{"coding": [{"system": SNOMED, "code": "185349003", "display": "Encounter for check up"}]}],
+                        "subject": self.subject,
+                        "period": {"start": self.days_ago(30 * i + 1), "end": self.days_ago(30 * i + 1)},
+                    }
+                )
+            elif kind == 1:
+                out.append(
+                    {
+                        "resourceType": "Immunization",
+                        "id": self.new_id(),
+                        "status": "completed",
+                        "vaccineCode": {
+                            "coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "140", "display": "Influenza"}]
+                        },
+                        "patient": self.subject,
+                        "occurrenceDateTime": self.days_ago(365 * (i % 9) + 5),
+                    }
+                )
+            else:
+                out.append(
+                    {
+                        "resourceType": "Observation",
+                        "id": self.new_id(),
+                        "status": "final",
+                        "category": [
+                            {
+                                "coding": [
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                        "code": "vital-signs",
+                                    }
+                                ]
+                            }
+                        ],
+                        "code": {"coding": [{"system": LOINC, "code": "8867-4", "display": "Heart rate"}]},
+                        "subject": self.subject,
+                        "effectiveDateTime": self.days_ago(7 * i + 2),
+                        "valueQuantity": {
+                            "value": 60 + i % 30,
+                            "unit": "/min",
+                            "system": "http://unitsofmeasure.org",
+                            "code": "/min",
+                        },
+                    }
+                )
+        return out
+
+
+# -- profiles ------------------------------------------------------------------------------------
+
+
+def _knee_pain(f: Factory, coding: str = "snomed", **kw: Any) -> Resource:
+    if coding == "icd10":
+        return f.condition(ICD10, "M25.561", "Pain in right knee", **kw)
+    return f.condition(SNOMED, "30989003", "Knee pain", body_site="right knee", **kw)
+
+
+def _radiculopathy_core(f: Factory, coding: str) -> list[Resource]:
+    if coding == "icd10":
+        return [
+            f.condition(ICD10, "M54.16", "Radiculopathy, lumbar region", onset_days_ago=200),
+            f.condition(ICD10, "M54.50", "Low back pain, unspecified", onset_days_ago=400),
+            f.condition(ICD10, "M79.651", "Pain in right thigh", onset_days_ago=60),
+        ]
+    if coding == "snomed":
+        return [
+            f.condition(SNOMED, "128196005", "Lumbar radiculopathy", onset_days_ago=200),
+            f.condition(SNOMED, "279039007", "Low back pain", onset_days_ago=400),
+            f.condition(SNOMED, "78514002", "Thigh pain", onset_days_ago=60),
+        ]
+    return [
+        f.condition(ICD10, "M54.16", "Radiculopathy, lumbar region", onset_days_ago=200),
+        f.condition(SNOMED, "279039007", "Low back pain", onset_days_ago=400),
+        f.condition(SNOMED, "78514002", "Thigh pain", onset_days_ago=60),
+    ]
+
+
+def radiculopathy_knee_pain(f: Factory, coding: str = "mixed") -> list[Resource]:
+    return [f.patient(58), _knee_pain(f, "icd10" if coding == "icd10" else "snomed"), *_radiculopathy_core(f, coding)]
+
+
+def bunion_back_weakness(f: Factory) -> list[Resource]:
+    return [
+        f.patient(64),
+        _knee_pain(f),
+        f.condition(ICD10, "M20.11", "Hallux valgus (acquired), right foot", onset_days_ago=1500),
+        f.condition(ICD10, "M54.50", "Low back pain, unspecified", onset_days_ago=700),
+        f.condition(SNOMED, "26544005", "Muscle weakness", onset_days_ago=120),
+    ]
+
+
+def acl_tear_only(f: Factory) -> list[Resource]:
+    return [
+        f.patient(27, "male"),
+        _knee_pain(f, onset_days_ago=60),
+        f.condition(SNOMED, "444470001", "Injury of anterior cruciate ligament", clinical="resolved", onset_days_ago=60),
+    ]
+
+
+def knee_oa_only(f: Factory) -> list[Resource]:
+    return [
+        f.patient(66),
+        f.condition(SNOMED, "239873007", "Osteoarthritis of knee", onset_days_ago=900),
+        f.observation(LOINC, "72514-3", "Pain severity - 0-10 verbal numeric rating [Score] - Reported", value=6, days_ago=20),
+    ]
+
+
+def hip_oa_knee_pain(f: Factory) -> list[Resource]:
+    return [
+        f.patient(68, "male"),
+        _knee_pain(f),
+        f.condition(ICD10, "M16.11", "Unilateral primary osteoarthritis, right hip", onset_days_ago=500),
+    ]
+
+
+def child(f: Factory) -> list[Resource]:
+    return [f.patient(12), _knee_pain(f), *_radiculopathy_core(f, "mixed")]
+
+
+def already_referred(f: Factory) -> list[Resource]:
+    return [
+        *radiculopathy_knee_pain(f),
+        f.service_request(SNOMED, "308482002", "Referral to neurosurgeon", status="active", days_ago=14),
+    ]
+
+
+def recent_lumbar_mri(f: Factory) -> list[Resource]:
+    return [*radiculopathy_knee_pain(f), f.procedure(LOINC, "24968-0", "MR Lumbar spine", days_ago=45)]
+
+
+def resolved_knee_complaint(f: Factory) -> list[Resource]:
+    return [f.patient(55), _knee_pain(f, clinical="resolved", onset_days_ago=800), *_radiculopathy_core(f, "mixed")]
+
+
+def entered_in_error(f: Factory) -> list[Resource]:
+    return [
+        f.patient(61),
+        _knee_pain(f),
+        f.condition(ICD10, "M54.16", "Radiculopathy, lumbar region", verification="entered-in-error"),
+        f.condition(SNOMED, "279039007", "Low back pain", verification="refuted"),
+        f.condition(SNOMED, "23056005", "Sciatica", clinical="active", verification="entered-in-error"),
+    ]
+
+
+def elderly_stenosis(f: Factory) -> list[Resource]:
+    return [
+        f.patient(76),
+        _knee_pain(f),
+        f.condition(ICD10, "M48.062", "Spinal stenosis, lumbar region with neurogenic claudication", onset_days_ago=300),
+    ]
+
+
+def noisy_record(f: Factory, noise: int = 400) -> list[Resource]:
+    core = radiculopathy_knee_pain(f)
+    return [core[0], *f.noise(noise // 2), *core[1:], *f.noise(noise - noise // 2)]
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    expected: str  # a band, "ineligible" or "suppressed"
+    build: Callable[[Factory], list[Resource]]
+
+
+PROFILES: tuple[Profile, ...] = (
+    Profile(
+        "radiculopathy-knee-pain",
+        "knee pain with lumbar radiculopathy, low back and thigh pain",
+        "likely",
+        radiculopathy_knee_pain,
+    ),
+    Profile("bunion-back-weakness", "knee pain, bunion, low back pain, muscle weakness", "possible", bunion_back_weakness),
+    Profile("elderly-stenosis", "76 years old, knee pain, lumbar stenosis", "possible", elderly_stenosis),
+    Profile("acl-tear-only", "knee pain after an ACL tear two months ago", "unlikely", acl_tear_only),
+    Profile("knee-oa-only", "painful knee osteoarthritis", "unlikely", knee_oa_only),
+    Profile("hip-oa-knee-pain", "knee pain with hip osteoarthritis", "unlikely", hip_oa_knee_pain),
+    Profile("child", "12 years old with knee and back complaints", "ineligible", child),
+    Profile("already-referred", "radiculopathy profile with an active neurosurgery referral", "suppressed", already_referred),
+    Profile("recent-lumbar-mri", "radiculopathy profile with a lumbar MRI 45 days ago", "suppressed", recent_lumbar_mri),
+    Profile(
+        "resolved-knee-complaint", "knee pain resolved two years ago, back findings active", "ineligible", resolved_knee_complaint
+    ),
+    Profile("entered-in-error", "knee pain; spinal diagnoses refuted or entered in error", "unlikely", entered_in_error),
+    Profile(
+        "icd10-only", "radiculopathy profile coded only in ICD-10-CM", "likely", lambda f: radiculopathy_knee_pain(f, "icd10")
+    ),
+    Profile(
+        "snomed-only", "radiculopathy profile coded only in SNOMED CT", "likely", lambda f: radiculopathy_knee_pain(f, "snomed")
+    ),
+    Profile("noisy-record", "radiculopathy profile among 400 unrelated resources", "likely", noisy_record),
+)
+PROFILES_BY_NAME: Mapping[str, Profile] = {p.name: p for p in PROFILES}
+
+
+def generate(profile: str | Profile, seed: int = 0, today: date | None = None, patient_id: str | None = None) -> list[Resource]:
+    chosen = PROFILES_BY_NAME[profile] if isinstance(profile, str) else profile
+    return chosen.build(Factory(seed, today, patient_id))
+
+
+_PREFETCH_KEYS = {
+    "Patient": "patient",
+    "Condition": "conditions",
+    "Observation": "observations",
+    "Procedure": "procedures",
+    "ServiceRequest": "serviceRequests",
+}
+
+
+def searchset(resources: Iterable[Resource]) -> Resource:
+    entries = [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r, "search": {"mode": "match"}} for r in resources]
+    return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+
+
+def prefetch_for(resources: Iterable[Resource]) -> dict[str, Any]:
+    """The prefetch an EHR would send for these resources, one searchset Bundle per template."""
+    grouped: dict[str, list[Resource]] = {key: [] for key in _PREFETCH_KEYS.values()}
+    patient: Resource | None = None
+    for resource in resources:
+        if resource["resourceType"] == "Patient":
+            patient = resource
+            continue
+        key = _PREFETCH_KEYS.get(resource["resourceType"])
+        if key:
+            grouped[key].append(resource)
+    out: dict[str, Any] = {"patient": patient}
+    out.update({key: searchset(items) for key, items in grouped.items() if key != "patient"})
+    return out
