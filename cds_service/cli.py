@@ -2,24 +2,74 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import click
 
+from hooks.assessment import Contribution
 from hooks.evaluation import evaluate_data, evaluate_profiles
 from hooks.model import load_model
 
 
-def _top(assessment_contributions: tuple[object, ...], limit: int = 3) -> str:
-    labels = [getattr(c, "signal").label for c in assessment_contributions[:limit]]  # noqa: B009
-    return ", ".join(labels) or "-"
+def _top(contributions: tuple[Contribution, ...], limit: int = 3) -> str:
+    return ", ".join(c.signal.label for c in contributions[:limit]) or "-"
 
 
 @click.group()
 def main() -> None:
     """Spine-origin knee pain: a CDS Hooks service."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=None, type=int, help="gunicorn worker processes (default: number of CPUs).")
+@click.option("--threads", default=4, show_default=True, type=int, help="threads per worker (prefetch fetches wait on I/O).")
+@click.option("--timeout", default=30, show_default=True, type=int, help="seconds before a stuck worker is restarted.")
+def serve(host: str, port: int, workers: int | None, threads: int, timeout: int) -> None:
+    """Run the service under gunicorn."""
+    from cds_service.db import make_engine, upgrade
+    from cds_service.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    upgrade(make_engine(settings.effective_database_url))  # once, before workers start
+    count = workers or os.cpu_count() or 1
+    if count > 1 and not settings.redis_url:
+        click.echo("warning: without SPINE_CDS_REDIS_URL, replayed JWTs are detected per worker only", err=True)
+    os.environ["SPINE_CDS_AUTO_MIGRATE"] = "false"
+    argv = [
+        "gunicorn",
+        "--bind", f"{host}:{port}",
+        "--workers", str(count),
+        "--worker-class", "gthread",
+        "--threads", str(threads),
+        "--timeout", str(timeout),
+        "--graceful-timeout", str(timeout),
+        "--keep-alive", "5",
+        "--access-logfile", "-",
+        # the access log format leaves out query strings and headers (no tokens, no patient ids)
+        "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
+        "cds_service.wsgi:app",
+    ]  # fmt: skip
+    os.execvp(sys.executable, [sys.executable, "-m", *argv])
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int, help="0 picks a free port.")
+@click.option("--instance", default="instance", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--once", is_flag=True, help="Exit after the demonstration instead of serving on.")
+def demo(host: str, port: int, instance: Path, once: bool) -> None:
+    """Start the service on embedded defaults and call it as an EHR would."""
+    from cds_service.demo import run_demo
+
+    run_demo(host, port, instance, once, click.echo)
 
 
 @main.command()
@@ -31,9 +81,9 @@ def main() -> None:
     default=None,
     help="Also assess every patient in FHIR Bundles and Bulk Data NDJSON under this directory.",
 )
-def evaluate(today: object, data_dir: Path | None) -> None:
+def evaluate(today: datetime | None, data_dir: Path | None) -> None:
     """Print the band and top findings for each synthetic profile (and real records with --data)."""
-    day = today.date() if hasattr(today, "date") else date.today()
+    day = today.date() if today else date.today()
     model = load_model()
     click.echo(f"Model {model.id} {model.version} {model.hash}, as of {day.isoformat()}\n")
     click.echo(f"{'profile':26} {'expected':11} {'outcome':11} {'score':>6}  top findings / alternatives")

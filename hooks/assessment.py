@@ -57,9 +57,12 @@ class Contribution:
             "label": self.signal.label,
             "weight": self.signal.weight,
             "evidence": self.signal.evidence,
-            "references": self.references(),
+            # the Patient reference would carry the patient id, which to_dict never includes
+            "references": list(dict.fromkeys(e.reference for e in self.evidence)),
             "codes": sorted({f"{e.coding.system}|{e.coding.code}" for e in self.evidence}),
         }
+        if self.patient_reference:
+            out["derived_from"] = "Patient.birthDate"
         latest = self.latest()
         if latest:
             out["date"] = latest.isoformat()
@@ -207,8 +210,13 @@ class Assessor:
             return knee_site or bool(item.reason_value_sets & _KNEE_VALUE_SETS)
         return False
 
+    @staticmethod
+    def spine_references(record: PatientRecord) -> frozenset[str]:
+        """References of the record's spinal findings (any status), which a referral's reasonReference may name."""
+        return frozenset(e.reference for vs in _SPINE_VALUE_SETS for e in record.of(vs))
+
     def _suppressions(self, record: PatientRecord, today: date) -> list[Suppression]:
-        spine_refs = frozenset(e.reference for vs in _SPINE_VALUE_SETS for e in record.of(vs))
+        spine_refs = self.spine_references(record)
         found: list[Suppression] = []
         for item in record.interventions:
             if self.is_spine_referral(item, spine_refs):

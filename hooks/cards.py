@@ -77,11 +77,12 @@ def _finding_rows(model: Model, contributions: Sequence[Contribution]) -> list[s
         if c.patient_reference and not c.evidence:
             shown = "age from the patient's birth date"
         latest = c.latest()
+        when = latest.isoformat() if latest else ("at assessment" if c.patient_reference and not c.evidence else "not recorded")
         figure = str(signal.ratio) if signal.ratio else "no published figure"
         sources = "; ".join(model.short_citations[s] for s in signal.sources)
         basis = f"{_EVIDENCE_WORDS[signal.evidence]} evidence, {figure}. {signal.why} ({sources})"
         rows.append(
-            f"| {_md(signal.label)} | {shown} | {latest.isoformat() if latest else 'not recorded'} | {signal.weight:+.2f} | {_md(basis)} |"
+            f"| {_md(signal.label)} | {shown} | {when} | {signal.weight:+.2f} | {_md(basis)} |"
         )
     return rows
 

@@ -107,6 +107,11 @@ def validation_problem(resource: Mapping[str, Any]) -> str | None:
         return f"unknown resource type {resource_type!r}"
     except (TypeError, ValueError) as exc:  # fhir.resources raises these for some malformed shapes
         return type(exc).__name__
+    # fhir.resources accepts a JSON number in a date field (as Unix time); FHIR JSON only allows a string
+    for path in _DATE_PATHS.get(str(resource_type), ()):
+        value = _path_value(resource, path)
+        if value is not None and not isinstance(value, str):
+            return f"{path}: a date must be a string"
     return None
 
 
@@ -135,18 +140,31 @@ def _reference(resource: Mapping[str, Any], full_url: str | None) -> str:
     return full_url or f"{resource['resourceType']}/(no id)"
 
 
+def _path_value(resource: Mapping[str, Any], path: str) -> Any:
+    value: Any = resource
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def _patient_id_of(target: str) -> str | None:
+    """The id a Patient reference names (relative, absolute or versioned); None when it names none."""
+    head, sep, tail = target.rpartition("Patient/")
+    if not sep or (head and not head.endswith("/")):
+        return None
+    return tail.split("/", 1)[0] or None
+
+
 def _first_date(resource: Mapping[str, Any], *paths: str) -> date | None:
     for path in paths:
-        value: Any = resource
-        for part in path.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-        found = fhir_date(value)
+        found = fhir_date(_path_value(resource, path))
         if found:
             return found
     return None
 
 
 _DATE_PATHS: dict[str, tuple[str, ...]] = {
+    "Patient": ("birthDate",),
     "Condition": ("onsetDateTime", "onsetPeriod.start", "recordedDate"),
     "Observation": ("effectiveDateTime", "effectivePeriod.start", "effectiveInstant", "issued"),
     "Procedure": ("performedDateTime", "performedPeriod.end", "performedPeriod.start"),
@@ -224,12 +242,13 @@ class RecordReader:
         record = self.record
         record.resource_count += 1
         resource_type = resource.get("resourceType")
-        if resource_type not in RELEVANT_TYPES:
+        if not isinstance(resource_type, str) or resource_type not in RELEVANT_TYPES:
             return
         reference = _reference(resource, full_url)
         if reference in self._seen:
             return
-        self._seen.add(reference)
+        if not reference.endswith("/(no id)"):  # resources without id or fullUrl cannot be told apart
+            self._seen.add(reference)
         if resource_type == "Patient":
             self._patient(resource, reference)
             return
@@ -245,7 +264,8 @@ class RecordReader:
         subject = resource.get("subject")
         target = subject.get("reference") if isinstance(subject, Mapping) else None
         patient_id = self.record.patient_id
-        if patient_id and isinstance(target, str) and target.startswith("Patient/") and target[8:] != patient_id:
+        named = _patient_id_of(target) if isinstance(target, str) else None
+        if patient_id and named is not None and named != patient_id:
             self.record.notes.append(f"{reference} belongs to another patient and was ignored.")
             return False
         return True
@@ -273,11 +293,14 @@ class RecordReader:
         return True
 
     def _patient(self, resource: Mapping[str, Any], reference: str) -> None:
+        resource_id = resource.get("id")
+        if self.record.patient_id and isinstance(resource_id, str) and resource_id != self.record.patient_id:
+            self.record.notes.append(f"{reference} belongs to another patient and was ignored.")
+            return
         if self.record.patient_reference is not None:
             return
         if not self._valid(resource, reference):
             return
-        resource_id = resource.get("id")
         if self.record.patient_id is None and isinstance(resource_id, str):
             self.record.patient_id = resource_id
         self.record.patient_reference = reference
@@ -336,7 +359,7 @@ class RecordReader:
 
     def _observation(self, resource: Mapping[str, Any], reference: str, matches: list[tuple[str, Coding]]) -> None:
         status = resource.get("status")
-        if status not in self._counted_observation:
+        if not isinstance(status, str) or status not in self._counted_observation:
             return
         if not self._valid(resource, reference):
             return

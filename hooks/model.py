@@ -119,18 +119,20 @@ class CodeIndex:
             self._exact.setdefault(key, set()).add(value_set)
 
     def lookup(self, system: str | None, code: str | None) -> frozenset[str]:
+        # raw JSON can hold anything here; a list or mapping must not reach the memo (unhashable)
+        if not isinstance(system, str) or not isinstance(code, str) or not code:
+            return frozenset()
         memo_key = (system, code)
         hit = self._memo.get(memo_key)
         if hit is not None:
             return hit
         found: set[str] = set()
-        if isinstance(system, str) and isinstance(code, str) and code:
-            family = self.family(system)
-            normalized = normalize_code(family, code)
-            found.update(self._exact.get((family, normalized), ()))
-            for length in self._prefix_lengths:
-                if length <= len(normalized):
-                    found.update(self._prefixes.get((family, normalized[:length]), ()))
+        family = self.family(system)
+        normalized = normalize_code(family, code)
+        found.update(self._exact.get((family, normalized), ()))
+        for length in self._prefix_lengths:
+            if length <= len(normalized):
+                found.update(self._prefixes.get((family, normalized[:length]), ()))
         result = frozenset(found)
         if len(self._memo) < 100_000:
             self._memo[memo_key] = result
@@ -203,7 +205,10 @@ def _apply_site(document: dict[str, Any], site: Mapping[str, Any]) -> None:
     unknown = set(site) - known
     if unknown:
         raise ModelConfigError(f"site configuration: unknown key(s) {sorted(unknown)}; use {sorted(known)}")
-    for value_set, codings in (site.get("codes") or {}).items():
+    codes = site.get("codes") or {}
+    if not isinstance(codes, Mapping):
+        raise ModelConfigError("site configuration codes: expected a mapping of value set to codings")
+    for value_set, codings in codes.items():
         if value_set not in document["value_sets"]:
             raise ModelConfigError(f"site configuration codes.{value_set}: no such value set")
         if not isinstance(codings, list):
@@ -291,7 +296,7 @@ def _build(document: dict[str, Any]) -> Model:
         else None,
     )
     bands = {k: float(v) for k, v in document["bands"].items()}
-    if not bands.get("possible", 0) < bands.get("likely", 0):
+    if "possible" not in bands or "likely" not in bands or not bands["possible"] < bands["likely"]:
         raise ModelConfigError("bands: 'possible' must be below 'likely'")
     return Model(
         id=str(document["id"]),

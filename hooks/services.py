@@ -118,7 +118,8 @@ def evaluate(
         selections = context.get("selections") if service.hook == "order-select" else None
         orders, notes = read_orders(model, context.get("draftOrders"), selections if isinstance(selections, list) else None)
         record.notes.extend(notes)
-        knee_orders = [o for o in orders if assessor.is_knee_directed(o)]
+        spine_refs = assessor.spine_references(record)
+        knee_orders = [o for o in orders if assessor.is_knee_directed(o, spine_refs)]
     assessment = assessor.assess(record, today)
     user_id = context.get("userId")
     cards = build_cards(

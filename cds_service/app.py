@@ -1,0 +1,100 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app
+from sqlalchemy.engine import Engine
+
+from cds_service.auth import Authenticator, KeySets, MemoryReplayStore, RedisReplayStore, ReplayStore
+from cds_service.db import DecisionLog, make_engine, upgrade
+from cds_service.errors import register_error_handlers
+from cds_service.fetch import PrefetchFetcher
+from cds_service.pipeline import FeedbackPipeline, HookPipeline
+from cds_service.settings import Settings, load_settings
+from hooks.model import Model, load_model
+
+
+@dataclass
+class Components:
+    """Everything a request needs, built once per process."""
+
+    settings: Settings
+    model: Model
+    engine: Engine
+    decision_log: DecisionLog
+    authenticator: Authenticator
+    hooks: HookPipeline
+    feedback: FeedbackPipeline
+    redis: Any | None
+
+
+def components() -> Components:
+    found: Components = current_app.extensions["spine_cds"]
+    return found
+
+
+def _pseudonym_key(settings: Settings) -> bytes:
+    """The configured key, or for the embedded default one generated once into the instance folder."""
+    if settings.pseudonym_key:
+        return settings.pseudonym_key.encode()
+    path = settings.instance_path / "pseudonym.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the service; `config` overrides settings from the file and environment."""
+    settings = load_settings(config)
+    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    logging.getLogger("cds_service").setLevel(settings.log_level)
+
+    engine = make_engine(settings.effective_database_url)
+    if settings.auto_migrate:
+        upgrade(engine)
+    redis_client = None
+    replay: ReplayStore
+    if settings.redis_url:
+        import redis
+
+        redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        replay = RedisReplayStore(redis_client)
+    else:
+        replay = MemoryReplayStore()
+    model = load_model(site=settings.site)
+    decision_log = DecisionLog(engine, _pseudonym_key(settings))
+    hooks = HookPipeline(
+        model,
+        PrefetchFetcher(settings.fetch_timeout_seconds, settings.fetch_max_pages),
+        decision_log,
+        digest_key=_pseudonym_key(settings),
+        snooze_days=settings.snooze_days,
+    )
+    app.extensions["spine_cds"] = Components(
+        settings=settings,
+        model=model,
+        engine=engine,
+        decision_log=decision_log,
+        authenticator=Authenticator(settings, replay, KeySets(settings.jwks_cache_seconds, settings.fetch_timeout_seconds)),
+        hooks=hooks,
+        feedback=FeedbackPipeline(decision_log),
+        redis=redis_client,
+    )
+    register_error_handlers(app)
+    from cds_service.views import bp
+
+    app.register_blueprint(bp)
+    return app
+
+
+MODEL_DOC = Path(__file__).resolve().parents[1] / "docs" / "model.md"

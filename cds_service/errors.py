@@ -1,0 +1,66 @@
+"""One JSON error type and one handler for every endpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+# stable codes for HTTP errors raised by Flask/Werkzeug itself
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class ApiError(Exception):
+    """An error answered as JSON: {"error": {"code": ..., "message": ...}} with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def to_response(self) -> Response:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        response = jsonify({"error": body})
+        response.status_code = self.status
+        return response
+
+
+class Unauthorized(ApiError):
+    """A bare 401: the reason is logged server-side, never told to the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(401, "unauthorized", "Unauthorized")
+        self.reason = reason
+
+    def to_response(self) -> Response:
+        response = Response(status=401)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError) -> Response:
+        return error.to_response()
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        return ApiError(status, _HTTP_CODES.get(status, "http_error"), error.description or error.name).to_response()
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        app.logger.exception("unhandled error")
+        return ApiError(500, "internal_error", "The service failed to handle the request.").to_response()

@@ -1,0 +1,277 @@
+"""The hook-call and feedback pipelines the views call.
+
+One hook call: parse and validate the request (400/415/413), complete the prefetch (412), assess
+and build cards with `hooks`, append the decision to the log and commit, then answer. Every call
+after authentication is logged, including the ones that fail, so the log is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from cds_service.auth import Caller
+from cds_service.db import Decision, DecisionLog, Feedback
+from cds_service.errors import ApiError
+from cds_service.fetch import PrefetchFetcher
+from hooks.cards import OVERRIDE_SYSTEM, SNOOZING_OVERRIDES, CardOptions
+from hooks.model import Model
+from hooks.services import REQUIRED_CONTEXT, SERVICES_BY_ID, ServiceDeclaration, evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    hook: str
+    hook_instance: str
+    context: Mapping[str, Any]
+    prefetch: Mapping[str, Any]
+    fhir_server: str | None
+    access_token: str | None
+
+
+def _bad(message: str, **details: Any) -> ApiError:
+    return ApiError(400, "invalid_request", message, **details)
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "malformed_json", "The request body is not valid JSON.") from None
+
+
+def validate_hook_request(document: Any, service: ServiceDeclaration) -> HookRequest:
+    if not isinstance(document, dict):
+        raise _bad("The request body must be a JSON object.")
+    hook = document.get("hook")
+    if not isinstance(hook, str) or not hook:
+        raise _bad("'hook' is required and must be a string.", field="hook")
+    if hook != service.hook:
+        raise ApiError(400, "wrong_hook", f"Service '{service.id}' answers '{service.hook}', not '{hook}'.", field="hook")
+    instance = document.get("hookInstance")
+    if not isinstance(instance, str) or not instance:
+        raise _bad("'hookInstance' is required and must be a string.", field="hookInstance")
+    context = document.get("context")
+    if not isinstance(context, dict):
+        raise _bad("'context' is required and must be an object.", field="context")
+    for name in REQUIRED_CONTEXT.get(hook, ()):
+        if name not in context or context[name] is None:
+            raise _bad(f"context.{name} is required for the {hook} hook.", field=f"context.{name}")
+    for name in ("userId", "patientId", "encounterId"):
+        if name in context and not isinstance(context[name], str):
+            raise _bad(f"context.{name} must be a string.", field=f"context.{name}")
+    if hook == "order-select" and not (
+        isinstance(context.get("selections"), list) and all(isinstance(s, str) for s in context["selections"])
+    ):
+        raise _bad("context.selections must be an array of strings.", field="context.selections")
+    if "draftOrders" in context and not (
+        isinstance(context["draftOrders"], dict) and context["draftOrders"].get("resourceType") == "Bundle"
+    ):
+        raise _bad("context.draftOrders must be a FHIR Bundle.", field="context.draftOrders")
+    fhir_server = document.get("fhirServer")
+    if fhir_server is not None and not (isinstance(fhir_server, str) and fhir_server.startswith(("http://", "https://"))):
+        raise _bad("'fhirServer' must be an absolute URL.", field="fhirServer")
+    authorization = document.get("fhirAuthorization")
+    token = None
+    if authorization is not None:
+        if fhir_server is None:
+            raise _bad("'fhirAuthorization' is only allowed together with 'fhirServer'.", field="fhirAuthorization")
+        if not isinstance(authorization, dict):
+            raise _bad("'fhirAuthorization' must be an object.", field="fhirAuthorization")
+        token = authorization.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise _bad("fhirAuthorization.access_token is required.", field="fhirAuthorization.access_token")
+        if str(authorization.get("token_type", "")).lower() != "bearer":
+            raise _bad("fhirAuthorization.token_type must be 'Bearer'.", field="fhirAuthorization.token_type")
+    prefetch = document.get("prefetch", {})
+    if prefetch is None:
+        prefetch = {}
+    if not isinstance(prefetch, dict):
+        raise _bad("'prefetch' must be an object.", field="prefetch")
+    return HookRequest(hook, instance, context, prefetch, fhir_server, token)
+
+
+class HookPipeline:
+    def __init__(
+        self,
+        model: Model,
+        fetcher: PrefetchFetcher,
+        decision_log: DecisionLog,
+        digest_key: bytes,
+        snooze_days: int,
+    ) -> None:
+        self.model = model
+        self.fetcher = fetcher
+        self.log = decision_log
+        self._digest_key = digest_key
+        self.snooze_days = snooze_days
+
+    def _digest(self, document: Any) -> str:
+        if isinstance(document, dict):
+            document = {k: v for k, v in document.items() if k != "fhirAuthorization"}
+        canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+        return "hmac-sha256:" + hmac.new(self._digest_key, canonical, hashlib.sha256).hexdigest()
+
+    def handle(
+        self, service_id: str, body: bytes | None, error: ApiError | None, caller: Caller, base_url: str
+    ) -> dict[str, Any]:
+        """Answer one hook call; `error` is a transport-level failure already found (413/415)."""
+        started = time.perf_counter()
+        row = Decision(
+            service_id=service_id[:100], issuer=caller.issuer, tenant=caller.tenant, card_uuids=[], suggestion_uuids=[], cards=[]
+        )
+        try:
+            if error is not None:
+                raise error
+            service = SERVICES_BY_ID.get(service_id)
+            if service is None:
+                raise ApiError(404, "unknown_service", f"No CDS service '{service_id}'.")
+            document = parse_json(body or b"")
+            if isinstance(document, dict):
+                row.hook = document.get("hook") if isinstance(document.get("hook"), str) else None
+                row.hook_instance = document.get("hookInstance") if isinstance(document.get("hookInstance"), str) else None
+                row.input_digest = self._digest(document)
+            request = validate_hook_request(document, service)
+            row.user_id = request.context.get("userId")
+            patient_id = request.context.get("patientId")
+            row.patient_pseudonym = self.log.pseudonym(patient_id)
+            prefetch = self.fetcher.complete(
+                service.prefetch, request.context, request.prefetch, request.fhir_server, request.access_token
+            )
+            evaluation = evaluate(
+                self.model,
+                service,
+                request.context,
+                prefetch,
+                CardOptions(docs_url=f"{base_url}/model"),
+                today=datetime.now(UTC).date(),
+                instance=request.hook_instance,
+            )
+        except ApiError as exc:
+            row.outcome, row.status_code = exc.code, exc.status
+            row.latency_ms = (time.perf_counter() - started) * 1000
+            self.log.append(row)
+            raise
+        assessment = evaluation.assessment
+        cards = evaluation.cards
+        outcome = "cards" if cards else "no-card"
+        if cards and self.log.snoozed(
+            service.id, row.patient_pseudonym, OVERRIDE_SYSTEM, SNOOZING_OVERRIDES, self.snooze_days, datetime.now(UTC)
+        ):
+            cards, outcome = [], "snoozed"
+        row.model_id, row.model_version, row.model_hash = self.model.id, self.model.version, self.model.hash
+        row.band = assessment.band
+        row.assessment = assessment.to_dict()
+        row.cards = cards
+        row.card_uuids = [c["uuid"] for c in cards]
+        row.suggestion_uuids = [s["uuid"] for c in cards for s in c.get("suggestions", [])]
+        row.outcome, row.status_code = outcome, 200
+        row.latency_ms = (time.perf_counter() - started) * 1000
+        stored = self.log.append(row)
+        # a retried hookInstance answers exactly what was logged the first time
+        return {"cards": stored.cards}
+
+
+_OUTCOMES = ("accepted", "overridden")
+
+
+class FeedbackPipeline:
+    def __init__(self, decision_log: DecisionLog) -> None:
+        self.log = decision_log
+
+    def handle(self, service_id: str, body: bytes, caller: Caller) -> dict[str, Any]:
+        if service_id not in SERVICES_BY_ID:
+            raise ApiError(404, "unknown_service", f"No CDS service '{service_id}'.")
+        document = parse_json(body)
+        items = document.get("feedback") if isinstance(document, dict) else None
+        if not isinstance(items, list) or not items:
+            raise _bad("The body must be an object with a non-empty 'feedback' array.", field="feedback")
+        stored = duplicates = 0
+        rejected: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            try:
+                row = self._row(service_id, item, caller)
+            except ApiError as exc:
+                rejected.append({"index": index, "code": exc.code, "message": exc.message})
+                continue
+            if self.log.add_feedback(row):
+                stored += 1
+            else:
+                duplicates += 1
+        if rejected:
+            status = 404 if all(r["code"] == "unknown_card" for r in rejected) else 400
+            raise ApiError(
+                status,
+                rejected[0]["code"],
+                f"{len(rejected)} feedback item(s) were rejected; {stored} stored.",
+                rejected=rejected,
+                stored=stored,
+            )
+        return {"stored": stored, "duplicates": duplicates}
+
+    def _row(self, service_id: str, item: Any, caller: Caller) -> Feedback:
+        if not isinstance(item, dict):
+            raise _bad("A feedback item must be an object.")
+        card = item.get("card")
+        outcome = item.get("outcome")
+        timestamp = item.get("outcomeTimestamp")
+        if not isinstance(card, str) or not card:
+            raise _bad("feedback.card is required.")
+        if outcome not in _OUTCOMES:
+            raise _bad("feedback.outcome must be 'accepted' or 'overridden'.")
+        if not isinstance(timestamp, str) or _timestamp(timestamp) is None:
+            raise _bad("feedback.outcomeTimestamp must be an ISO 8601 date-time.")
+        decision = self.log.decision_for_card(service_id, card)
+        if decision is None:
+            raise ApiError(404, "unknown_card", f"Card '{card}' was not issued by service '{service_id}'.")
+        accepted: list[str] = []
+        code = system = comment = None
+        if outcome == "accepted":
+            suggestions = item.get("acceptedSuggestions")
+            if not isinstance(suggestions, list) or not suggestions:
+                raise _bad("feedback.acceptedSuggestions is required when the outcome is 'accepted'.")
+            for suggestion in suggestions:
+                sid = suggestion.get("id") if isinstance(suggestion, dict) else None
+                if not isinstance(sid, str) or sid not in (decision.suggestion_uuids or []):
+                    raise ApiError(400, "unknown_suggestion", "acceptedSuggestions names a suggestion this card did not carry.")
+                accepted.append(sid)
+        else:
+            reason = item.get("overrideReason")
+            if reason is not None:
+                if not isinstance(reason, dict):
+                    raise _bad("feedback.overrideReason must be an object.")
+                coding = reason.get("reason")
+                if isinstance(coding, dict):
+                    code = coding.get("code") if isinstance(coding.get("code"), str) else None
+                    system = coding.get("system") if isinstance(coding.get("system"), str) else None
+                comment = reason.get("userComment") if isinstance(reason.get("userComment"), str) else None
+        return Feedback(
+            decision_id=decision.id,
+            service_id=service_id,
+            card_uuid=card,
+            outcome=outcome,
+            outcome_timestamp=timestamp,
+            accepted_suggestions=accepted,
+            override_code=code,
+            override_system=system,
+            override_comment=comment[:2000] if comment else None,
+            issuer=caller.issuer,
+            patient_pseudonym=decision.patient_pseudonym,
+        )
+
+
+def _timestamp(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None

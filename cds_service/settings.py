@@ -1,0 +1,147 @@
+"""One settings source for the web service, the CLI and the workers.
+
+Precedence: embedded defaults, then an optional file (JSON, YAML or TOML) named by
+``SPINE_CDS_SETTINGS_FILE`` or passed explicitly, then environment variables ``SPINE_CDS_<KEY>``
+whose values are parsed as JSON when they parse (``SPINE_CDS_SNOOZE_DAYS=30``) and taken as plain
+strings otherwise. Everything is validated at start; a bad value stops start-up with a message
+that names the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hooks.model import ModelConfigError, load_model
+
+ENV_PREFIX = "SPINE_CDS_"
+
+
+class SettingsError(ValueError):
+    """The configuration cannot be used; the message names the key."""
+
+
+class TrustedIssuer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jwks_url: str | None = None
+    jwks: dict[str, Any] | None = None
+    jku_allowlist: list[str] = Field(default_factory=list)
+    tenants: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> TrustedIssuer:
+        if (self.jwks_url is None) == (self.jwks is None):
+            raise ValueError("give exactly one of 'jwks_url' or 'jwks'")
+        if self.jwks is not None and not isinstance(self.jwks.get("keys"), list):
+            raise ValueError("'jwks' must be a JSON Web Key Set with a 'keys' list")
+        return self
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instance_path: Path = Path("instance")
+    database_url: str | None = None
+    redis_url: str | None = None
+    public_base_url: str | None = None
+    trusted_issuers: dict[str, TrustedIssuer] = Field(default_factory=dict)
+    jwt_leeway_seconds: int = Field(60, ge=0, le=600)
+    jti_ttl_seconds: int = Field(3600, ge=60)
+    jwks_cache_seconds: int = Field(600, ge=0)
+    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    fetch_timeout_seconds: float = Field(3.0, gt=0, le=30)
+    fetch_max_pages: int = Field(10, ge=1, le=1000)
+    snooze_days: int = Field(90, ge=0)
+    pseudonym_key: str | None = None
+    site: dict[str, Any] = Field(default_factory=dict)
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    log_level: str = "INFO"
+    # apply database migrations at start; `spine-cds serve` does it once and turns this off for workers
+    auto_migrate: bool = True
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("site")
+    @classmethod
+    def _site_is_usable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            load_model(site=value)
+        except ModelConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.instance_path / 'spine-cds.sqlite3').resolve()}"
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"settings file {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise SettingsError(f"settings file {path}: cannot be parsed ({exc})") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path}: expected a mapping of settings")
+    return {str(k).lower(): v for k, v in data.items()}
+
+
+def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}SETTINGS_FILE":
+            continue
+        try:
+            values[name[len(ENV_PREFIX) :].lower()] = json.loads(raw)
+        except ValueError:
+            values[name[len(ENV_PREFIX) :].lower()] = raw
+    return values
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    settings_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Defaults < file < environment < explicit overrides (the app factory's `config`)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    file_name = settings_file or env.get(f"{ENV_PREFIX}SETTINGS_FILE")
+    if file_name:
+        values.update(_read_file(Path(file_name)))
+    values.update(_from_environment(env))
+    values.update({k.lower(): v for k, v in (overrides or {}).items()})
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            key = ".".join(str(p) for p in error["loc"]) or "settings"
+            problems.append(f"{ENV_PREFIX}{key.upper()}: {error['msg']}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

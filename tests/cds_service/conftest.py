@@ -1,0 +1,80 @@
+"""The service under test runs over real HTTP, with a real database (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cds_service import create_app
+from tests.conftest import IN_CI
+from tests.support import RunningService, SigningEhr, serve
+
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session; fails in CI when PostgreSQL is down."""
+    import psycopg
+
+    name = f"spine_cds_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required in CI: {exc}")
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'log.sqlite3'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture(scope="session")
+def ehr() -> SigningEhr:
+    return SigningEhr()
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path, ehr: SigningEhr) -> Iterator[Callable[..., RunningService]]:
+    """Start the service over HTTP with the given settings (the EHR's inline JWKS trusted by default)."""
+    stack: list[Any] = []
+
+    def start(**settings: Any) -> RunningService:
+        config: dict[str, Any] = {
+            "instance_path": str(tmp_path / f"instance-{len(stack)}"),
+            "trusted_issuers": {ehr.issuer: {"jwks": ehr.jwks}},
+            "pseudonym_key": "test-pseudonym-key",
+        }
+        config.update(settings)
+        app = create_app(config)
+        context = serve(app)
+        base_url = context.__enter__()
+        client = httpx.Client(base_url=base_url, timeout=10)
+        stack.append((context, client))
+        return RunningService(base_url, app, ehr, client)
+
+    yield start
+    for context, client in reversed(stack):
+        client.close()
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def service(service_factory: Callable[..., RunningService]) -> RunningService:
+    """The service on SQLite, the embedded default."""
+    return service_factory()
