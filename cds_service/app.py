@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +40,27 @@ def components() -> Components:
     return found
 
 
-def _pseudonym_key(settings: Settings) -> bytes:
-    """The configured key, or for the embedded default one generated once into the instance folder."""
+def pseudonym_key(settings: Settings) -> bytes:
+    """The configured key, or for the embedded default one generated once into the instance folder.
+
+    Several workers may start at once: the key is written to a private temporary file and linked into
+    place, which fails for all but the first, so every worker reads the same key.
+    """
     if settings.pseudonym_key:
         return settings.pseudonym_key.encode()
     path = settings.instance_path / "pseudonym.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32))
+        scratch = path.with_name(f".pseudonym.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        try:
+            os.link(scratch, path)
+        except FileExistsError:
+            pass
+        finally:
+            scratch.unlink()
     return path.read_text().strip().encode()
 
 
@@ -72,12 +85,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     else:
         replay = MemoryReplayStore()
     model = load_model(site=settings.site)
-    decision_log = DecisionLog(engine, _pseudonym_key(settings))
+    decision_log = DecisionLog(engine, pseudonym_key(settings))
     hooks = HookPipeline(
         model,
         PrefetchFetcher(settings.fetch_timeout_seconds, settings.fetch_max_pages),
         decision_log,
-        digest_key=_pseudonym_key(settings),
+        digest_key=pseudonym_key(settings),
         snooze_days=settings.snooze_days,
     )
     app.extensions["spine_cds"] = Components(

@@ -116,9 +116,11 @@ class Authenticator:
         self.key_sets = key_sets
 
     def verify(self, authorization: str | None, audience: str) -> Caller:
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, token = (authorization or "").partition(" ")
+        # the scheme name is case-insensitive (RFC 7235)
+        if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("no bearer token")
-        token = authorization[len("Bearer ") :].strip()
+        token = token.strip()
         try:
             header = jwt.get_unverified_header(token)
             claims = jwt.decode(token, options={"verify_signature": False})

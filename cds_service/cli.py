@@ -26,11 +26,12 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--workers", default=None, type=int, help="gunicorn worker processes (default: number of CPUs).")
-@click.option("--threads", default=4, show_default=True, type=int, help="threads per worker (prefetch fetches wait on I/O).")
+@click.option("--workers", default=None, type=int, help="gunicorn worker processes (default: twice the CPUs).")
+@click.option("--threads", default=2, show_default=True, type=int, help="threads per worker (prefetch fetches wait on I/O).")
 @click.option("--timeout", default=30, show_default=True, type=int, help="seconds before a stuck worker is restarted.")
 def serve(host: str, port: int, workers: int | None, threads: int, timeout: int) -> None:
     """Run the service under gunicorn."""
+    from cds_service.app import pseudonym_key
     from cds_service.db import make_engine, upgrade
     from cds_service.settings import SettingsError, load_settings
 
@@ -38,8 +39,11 @@ def serve(host: str, port: int, workers: int | None, threads: int, timeout: int)
         settings = load_settings()
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from None
-    upgrade(make_engine(settings.effective_database_url))  # once, before workers start
-    count = workers or os.cpu_count() or 1
+    settings.instance_path.mkdir(parents=True, exist_ok=True)  # the default SQLite database lives there
+    # once, before workers start: the schema and, on embedded defaults, the pseudonym key
+    upgrade(make_engine(settings.effective_database_url))
+    pseudonym_key(settings)
+    count = workers or 2 * (os.cpu_count() or 1)
     if count > 1 and not settings.redis_url:
         click.echo("warning: without SPINE_CDS_REDIS_URL, replayed JWTs are detected per worker only", err=True)
     os.environ["SPINE_CDS_AUTO_MIGRATE"] = "false"

@@ -8,14 +8,29 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint, create_engine, event, or_, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -88,6 +103,8 @@ class Feedback(Base):
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
+    # with WAL, NORMAL keeps the file consistent on power loss; production logs go to PostgreSQL
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
@@ -100,7 +117,8 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # no pre-ping: it costs a round trip per request; a dropped connection fails one request and is replaced
+    return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800)
 
 
 def upgrade(engine: Engine) -> None:
@@ -110,6 +128,15 @@ def upgrade(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+@dataclass(frozen=True)
+class SnoozeRule:
+    """Overrides with these reasons, this recent, silence a service's cards for that patient."""
+
+    system: str
+    codes: frozenset[str]
+    days: int
 
 
 class DecisionLog:
@@ -123,26 +150,71 @@ class DecisionLog:
             return None
         return hmac.new(self._key, patient_id.encode(), hashlib.sha256).hexdigest()
 
-    def append(self, decision: Decision) -> Decision:
-        """Insert, or return the row already logged for this (service, hookInstance)."""
-        with self.sessions() as session:
-            if decision.hook_instance is not None:
-                existing = self._by_instance(session, decision.service_id, decision.hook_instance)
-                if existing is not None:
-                    return existing
-            session.add(decision)
-            try:
-                session.flush()
-                session.add_all(IssuedCard(card_uuid=u, decision_id=decision.id) for u in decision.card_uuids or [])
-                session.commit()
-            except IntegrityError:
-                # a concurrent retry of the same hook call won the race
-                session.rollback()
+    def append(self, decision: Decision, snooze: SnoozeRule | None = None) -> Decision:
+        """Commit the decision, or return the row already logged for this (service, hookInstance).
+
+        With a snooze rule, a decision with cards is first checked against recent overrides for the
+        same patient in the same transaction, and logged as "snoozed" without cards when one applies.
+        """
+        try:
+            with self.engine.begin() as connection:
+                if snooze and decision.cards and self._snoozed(connection, decision, snooze):
+                    decision.cards, decision.card_uuids, decision.suggestion_uuids = [], [], []
+                    decision.outcome = "snoozed"
+                values = {c.key: getattr(decision, c.key) for c in Decision.__table__.columns if c.key != "id"}
+                values["created_at"] = values["created_at"] or utcnow()
+                decision_id = connection.execute(insert(Decision).values(**values).returning(Decision.id)).scalar_one()
+                if decision.card_uuids:
+                    connection.execute(
+                        insert(IssuedCard), [{"card_uuid": u, "decision_id": decision_id} for u in decision.card_uuids]
+                    )
+        except IntegrityError:
+            # the same hook call again (a retry): answer what was logged the first time
+            with self.sessions() as session:
                 existing = self._by_instance(session, decision.service_id, decision.hook_instance or "")
-                if existing is None:
-                    raise
-                return existing
-            return decision
+            if existing is None:
+                raise
+            if existing.status_code != 200 and decision.status_code == 200:
+                # a failed attempt (400, 412) does not answer its retry: the successful retry replaces it
+                return self._replace_failed(existing, decision)
+            return existing
+        decision.id = decision_id
+        decision.created_at = values["created_at"]
+        return decision
+
+    def _replace_failed(self, failed: Decision, decision: Decision) -> Decision:
+        values = {c.key: getattr(decision, c.key) for c in Decision.__table__.columns if c.key != "id"}
+        values["created_at"] = values["created_at"] or utcnow()
+        with self.engine.begin() as connection:
+            replaced = connection.execute(
+                update(Decision).where(Decision.id == failed.id, Decision.status_code != 200).values(**values)
+            ).rowcount
+            if replaced and decision.card_uuids:
+                connection.execute(insert(IssuedCard), [{"card_uuid": u, "decision_id": failed.id} for u in decision.card_uuids])
+        if not replaced:  # a concurrent retry replaced it first
+            with self.sessions() as session:
+                return session.get_one(Decision, failed.id)
+        decision.id = failed.id
+        decision.created_at = values["created_at"]
+        return decision
+
+    @staticmethod
+    def _snoozed(connection: Connection, decision: Decision, rule: SnoozeRule) -> bool:
+        if decision.patient_pseudonym is None or rule.days <= 0:
+            return False
+        found = connection.scalar(
+            select(Feedback.id)
+            .where(
+                Feedback.service_id == decision.service_id,
+                Feedback.patient_pseudonym == decision.patient_pseudonym,
+                Feedback.outcome == "overridden",
+                Feedback.override_code.in_(sorted(rule.codes)),
+                or_(Feedback.override_system == rule.system, Feedback.override_system.is_(None)),
+                Feedback.created_at >= utcnow() - timedelta(days=rule.days),
+            )
+            .limit(1)
+        )
+        return found is not None
 
     @staticmethod
     def _by_instance(session: Session, service_id: str, hook_instance: str) -> Decision | None:
@@ -166,24 +238,3 @@ class DecisionLog:
                 session.rollback()
                 return False
             return True
-
-    def snoozed(
-        self, service_id: str, pseudonym: str | None, system: str, codes: frozenset[str], days: int, now: datetime
-    ) -> bool:
-        """Whether a recent override with one of these reasons silences this service for this patient."""
-        if pseudonym is None or days <= 0:
-            return False
-        with self.sessions() as session:
-            found = session.scalar(
-                select(Feedback.id)
-                .where(
-                    Feedback.service_id == service_id,
-                    Feedback.patient_pseudonym == pseudonym,
-                    Feedback.outcome == "overridden",
-                    Feedback.override_code.in_(sorted(codes)),
-                    or_(Feedback.override_system == system, Feedback.override_system.is_(None)),
-                    Feedback.created_at >= now - timedelta(days=days),
-                )
-                .limit(1)
-            )
-            return found is not None

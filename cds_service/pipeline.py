@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from cds_service.auth import Caller
-from cds_service.db import Decision, DecisionLog, Feedback
+from cds_service.db import Decision, DecisionLog, Feedback, SnoozeRule
 from cds_service.errors import ApiError
 from cds_service.fetch import PrefetchFetcher
 from hooks.cards import OVERRIDE_SYSTEM, SNOOZING_OVERRIDES, CardOptions
@@ -114,7 +114,7 @@ class HookPipeline:
         self.fetcher = fetcher
         self.log = decision_log
         self._digest_key = digest_key
-        self.snooze_days = snooze_days
+        self.snooze = SnoozeRule(OVERRIDE_SYSTEM, SNOOZING_OVERRIDES, snooze_days)
 
     def _digest(self, document: Any) -> str:
         if isinstance(document, dict):
@@ -165,21 +165,30 @@ class HookPipeline:
         assessment = evaluation.assessment
         cards = evaluation.cards
         outcome = "cards" if cards else "no-card"
-        if cards and self.log.snoozed(
-            service.id, row.patient_pseudonym, OVERRIDE_SYSTEM, SNOOZING_OVERRIDES, self.snooze_days, datetime.now(UTC)
-        ):
-            cards, outcome = [], "snoozed"
         row.model_id, row.model_version, row.model_hash = self.model.id, self.model.version, self.model.hash
         row.band = assessment.band
         row.assessment = assessment.to_dict()
-        row.cards = cards
+        # the log names the patient only by pseudonym: cards are stored with their Patient reference masked
+        row.cards = _swap(cards, f"Patient/{patient_id}", _PATIENT_MASK) if patient_id else cards
         row.card_uuids = [c["uuid"] for c in cards]
         row.suggestion_uuids = [s["uuid"] for c in cards for s in c.get("suggestions", [])]
         row.outcome, row.status_code = outcome, 200
         row.latency_ms = (time.perf_counter() - started) * 1000
-        stored = self.log.append(row)
+        stored = self.log.append(row, self.snooze)
         # a retried hookInstance answers exactly what was logged the first time
-        return {"cards": stored.cards}
+        return {"cards": _swap(stored.cards, _PATIENT_MASK, f"Patient/{patient_id}") if patient_id else stored.cards}
+
+
+_PATIENT_MASK = "Patient/{{context.patientId}}"
+
+
+def _swap(value: Any, old: str, new: str) -> Any:
+    """`value` with every string equal to `old` replaced by `new`."""
+    if isinstance(value, dict):
+        return {k: _swap(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_swap(v, old, new) for v in value]
+    return new if value == old else value
 
 
 _OUTCOMES = ("accepted", "overridden")

@@ -10,6 +10,7 @@ that names the key.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -78,6 +79,14 @@ class Settings(BaseModel):
             raise ValueError("must be an absolute http(s) URL")
         return value.rstrip("/")
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
     @field_validator("site")
     @classmethod
     def _site_is_usable(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +106,8 @@ def _read_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SettingsError(f"settings file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"settings file {path}: not UTF-8 text (byte {exc.start})") from exc
     try:
         if path.suffix == ".toml":
             data: Any = tomllib.loads(text)
@@ -142,6 +153,8 @@ def load_settings(
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_url=False, include_input=False):
-            key = ".".join(str(p) for p in error["loc"]) or "settings"
-            problems.append(f"{ENV_PREFIX}{key.upper()}: {error['msg']}")
+            # the setting's name in its environment spelling; nested parts (issuer URLs) as written
+            head, *rest = [str(p) for p in error["loc"]] or ["settings"]
+            key = ".".join([f"{ENV_PREFIX}{head.upper()}", *rest])
+            problems.append(f"{key}: {error['msg']}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

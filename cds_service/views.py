@@ -70,14 +70,14 @@ def discovery() -> Response:
     return jsonify({"services": [service.discovery() for service in SERVICES]})
 
 
-@bp.post("/cds-services/<service_id>")
+@bp.post("/cds-services/<service_id>", provide_automatic_options=False)
 def call_service(service_id: str) -> Response:
     caller = _authenticate()
     body, error = _json_body()
     return jsonify(components().hooks.handle(service_id, body, error, caller, _base_url()))
 
 
-@bp.post("/cds-services/<service_id>/feedback")
+@bp.post("/cds-services/<service_id>/feedback", provide_automatic_options=False)
 def feedback(service_id: str) -> Response:
     caller = _authenticate()
     body, error = _json_body()

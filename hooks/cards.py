@@ -167,7 +167,7 @@ def build_cards(
         summary = "Knee order drafted: knee pain may be referred from the lumbar spine. Consider spine evaluation first"
     else:
         summary = "Knee pain may be referred from the lumbar spine: consider spine evaluation"
-    card_key = "order" if is_order_hook else "patient"
+    card_key = hook  # order-select and order-sign may share a hookInstance: their uuids must differ
     suggestion = {
         "label": "Consider a referral for lumbar spine evaluation",
         "uuid": _uuid(instance, card_key, "suggestion"),

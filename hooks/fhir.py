@@ -116,11 +116,11 @@ def validation_problem(resource: Mapping[str, Any]) -> str | None:
 
 
 def _codings(concept: Any) -> Iterator[Mapping[str, Any]]:
-    if isinstance(concept, Mapping):
+    if isinstance(concept, dict):
         codings = concept.get("coding")
         if isinstance(codings, list):
             for coding in codings:
-                if isinstance(coding, Mapping):
+                if isinstance(coding, dict):
                     yield coding
 
 
@@ -143,7 +143,7 @@ def _reference(resource: Mapping[str, Any], full_url: str | None) -> str:
 def _path_value(resource: Mapping[str, Any], path: str) -> Any:
     value: Any = resource
     for part in path.split("."):
-        value = value.get(part) if isinstance(value, Mapping) else None
+        value = value.get(part) if isinstance(value, dict) else None
     return value
 
 
@@ -194,20 +194,20 @@ class RecordReader:
             for page in value:
                 self.add_prefetch_value(page, key)
             return
-        if not isinstance(value, Mapping) or not isinstance(value.get("resourceType"), str):
+        if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
             self.record.notes.append(f"Prefetch '{key}' is not a FHIR resource and was ignored.")
             return
         if value["resourceType"] == "Bundle":
             entries = value.get("entry")
             for entry in entries if isinstance(entries, list) else ():
-                if not isinstance(entry, Mapping):
+                if not isinstance(entry, dict):
                     continue
                 resource = entry.get("resource")
                 search = entry.get("search")
-                mode = search.get("mode") if isinstance(search, Mapping) else None
-                if isinstance(resource, Mapping) and (mode == "outcome" or resource.get("resourceType") == "OperationOutcome"):
+                mode = search.get("mode") if isinstance(search, dict) else None
+                if isinstance(resource, dict) and (mode == "outcome" or resource.get("resourceType") == "OperationOutcome"):
                     self._outcome(resource, key)
-                elif isinstance(resource, Mapping):
+                elif isinstance(resource, dict):
                     full_url = entry.get("fullUrl")
                     self.add(resource, full_url if isinstance(full_url, str) else None)
             return
@@ -222,7 +222,7 @@ class RecordReader:
         except orjson.JSONDecodeError:
             self.record.notes.append("An NDJSON line is not valid JSON and was ignored.")
             return
-        if isinstance(resource, Mapping):
+        if isinstance(resource, dict):
             self.add(resource)
         else:
             self.record.notes.append("An NDJSON line is not a FHIR resource and was ignored.")
@@ -231,7 +231,7 @@ class RecordReader:
         issues = outcome.get("issue")
         parts = []
         for issue in issues if isinstance(issues, list) else ():
-            if isinstance(issue, Mapping):
+            if isinstance(issue, dict):
                 parts.append(f"{issue.get('severity', '?')}/{issue.get('code', '?')}")
         # diagnostics text is left out: servers sometimes echo identifiers in it
         self.record.notes.append(f"The FHIR server returned an OperationOutcome for '{key}' ({', '.join(parts) or 'no issues'}).")
@@ -244,6 +244,10 @@ class RecordReader:
         resource_type = resource.get("resourceType")
         if not isinstance(resource_type, str) or resource_type not in RELEVANT_TYPES:
             return
+        # the code match comes first: it is the cheapest way to drop the many resources that cannot matter
+        matches = self._match(resource, resource_type) if resource_type != "Patient" else []
+        if not matches and resource_type != "Patient":
+            return
         reference = _reference(resource, full_url)
         if reference in self._seen:
             return
@@ -254,15 +258,12 @@ class RecordReader:
             return
         if not self._same_patient(resource, reference):
             return
-        matches = self._match(resource, resource_type)
-        if not matches:
-            return
         read = getattr(self, f"_{resource_type.lower()}")
         read(resource, reference, matches)
 
     def _same_patient(self, resource: Mapping[str, Any], reference: str) -> bool:
         subject = resource.get("subject")
-        target = subject.get("reference") if isinstance(subject, Mapping) else None
+        target = subject.get("reference") if isinstance(subject, dict) else None
         patient_id = self.record.patient_id
         named = _patient_id_of(target) if isinstance(target, str) else None
         if patient_id and named is not None and named != patient_id:
@@ -316,7 +317,7 @@ class RecordReader:
                 for side in ("right", "left", "bilateral"):
                     if f"laterality_{side}" in sets:
                         return side
-            text = site.get("text") if isinstance(site, Mapping) else None
+            text = site.get("text") if isinstance(site, dict) else None
             if isinstance(text, str):
                 lowered = text.lower()
                 if ("left" in lowered and "right" in lowered) or "both" in lowered or "bilateral" in lowered:
@@ -431,7 +432,7 @@ class RecordReader:
 
 def _numeric_value(resource: Mapping[str, Any]) -> float | None:
     quantity = resource.get("valueQuantity")
-    raw = quantity.get("value") if isinstance(quantity, Mapping) else resource.get("valueInteger")
+    raw = quantity.get("value") if isinstance(quantity, dict) else resource.get("valueInteger")
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         return float(raw)
     return None
@@ -455,7 +456,7 @@ def read_intervention(
     reason_refs = tuple(
         r["reference"]
         for r in (reasons if isinstance(reasons, list) else ())
-        if isinstance(r, Mapping) and isinstance(r.get("reference"), str)
+        if isinstance(r, dict) and isinstance(r.get("reference"), str)
     )
     status = resource.get("status")
     return Intervention(
@@ -477,10 +478,10 @@ def read_orders(model: Model, orders: Any, selections: Iterable[str] | None = No
     wanted = set(selections) if selections is not None else None
     reader = RecordReader(model)
     interventions: list[Intervention] = []
-    entries = orders.get("entry") if isinstance(orders, Mapping) else None
+    entries = orders.get("entry") if isinstance(orders, dict) else None
     for entry in entries if isinstance(entries, list) else ():
-        resource = entry.get("resource") if isinstance(entry, Mapping) else None
-        if not isinstance(resource, Mapping) or not isinstance(resource.get("resourceType"), str):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
             continue
         reference = _reference(resource, None)
         if wanted is not None and reference not in wanted:

@@ -62,7 +62,15 @@ class HookCall:
     prefetch: dict[str, Any]
 
     def run(self, model: Model, today: date, instance: str | None = "hook-instance-1") -> Evaluation:
-        return evaluate(model, SERVICES_BY_ID[self.service_id], self.context, self.prefetch, CardOptions(DOCS_URL), today=today, instance=instance)
+        return evaluate(
+            model,
+            SERVICES_BY_ID[self.service_id],
+            self.context,
+            self.prefetch,
+            CardOptions(DOCS_URL),
+            today=today,
+            instance=instance,
+        )
 
 
 @pytest.fixture
@@ -133,7 +141,11 @@ def order_sign_request(today: date) -> Callable[..., HookCall]:
         drafts = [make_order(factory) for make_order in orders]
         return HookCall(
             "spine-knee-order-sign",
-            {"userId": "Practitioner/dr-1", "patientId": resources[0]["id"], "draftOrders": searchset(drafts) | {"type": "collection"}},
+            {
+                "userId": "Practitioner/dr-1",
+                "patientId": resources[0]["id"],
+                "draftOrders": searchset(drafts) | {"type": "collection"},
+            },
             prefetch_for(resources),
         )
 

@@ -1,0 +1,672 @@
+"""The EHR-signed JWT on every call (CDS Hooks 2.0, "Trusting CDS Clients"), over real HTTP.
+
+Every rejection is a bare 401 (empty body, `WWW-Authenticate: Bearer`); the reason is only logged,
+and neither the JWT nor the EHR's FHIR access token is ever logged or stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import redis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+from sqlalchemy import create_engine, inspect, text
+
+from cds_service import auth
+from cds_service.auth import MemoryReplayStore, RedisReplayStore
+from hooks.synthetic import generate
+from tests.cds_service.requests import TODAY, patient_view
+from tests.conftest import IN_CI
+from tests.support import FhirServer, HttpPeer, RunningService, SigningEhr
+
+ServiceFactory = Callable[..., RunningService]
+
+SERVICE_PATH = "/cds-services/spine-knee-patient-view"
+FEEDBACK_PATH = SERVICE_PATH + "/feedback"
+DISCOVERY_PATH = "/cds-services"
+REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: tokens built by hand, extra key pairs, the three authenticated endpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def claims(issuer: str, audience: str | list[str], **changes: Any) -> dict[str, Any]:
+    """The payload SigningEhr would sign; a change to None drops the claim."""
+    now = int(time.time())
+    payload: dict[str, Any] = {
+        "iss": issuer,
+        "sub": "ehr-client",
+        "aud": audience,
+        "iat": now,
+        "exp": now + 300,
+        "jti": str(uuid.uuid4()),
+    }
+    payload.update(changes)
+    return {k: v for k, v in payload.items() if v is not None}
+
+
+def hand_made(header: dict[str, Any], payload: dict[str, Any], sign: Callable[[bytes], bytes] | None = None) -> str:
+    """A compact JWS assembled without PyJWT (which refuses to build the attacks below)."""
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
+    signature = sign(signing_input.encode("ascii")) if sign else b""
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def hs256(secret: bytes) -> Callable[[bytes], bytes]:
+    return lambda data: hmac.new(secret, data, hashlib.sha256).digest()
+
+
+@dataclass
+class KeyPair:
+    """An extra EC P-384 signing key with its own kid (for rotation and jku key sets)."""
+
+    kid: str
+    key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def generate(cls, kid: str) -> KeyPair:
+        return cls(kid, ec.generate_private_key(ec.SECP384R1()))
+
+    @property
+    def jwk(self) -> dict[str, Any]:
+        public: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(self.key.public_key()))
+        public.update(kid=self.kid, alg="ES384", use="sig")
+        return public
+
+    def sign(self, payload: dict[str, Any], **headers: Any) -> str:
+        return jwt.encode(payload, self.key, algorithm="ES384", headers={"kid": self.kid, "typ": "JWT", **headers})
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One authenticated endpoint and a valid body for it, so only the token decides the answer."""
+
+    name: str
+    method: str
+    path: str
+
+    def audience(self, running: RunningService) -> str:
+        return running.base_url + self.path
+
+    def body(self, running: RunningService) -> dict[str, Any] | None:
+        if self.method == "GET":
+            return None
+        if self.path == SERVICE_PATH:
+            return patient_view()
+        # feedback names a card this service issued: ask for one first
+        answer = running.post(SERVICE_PATH, patient_view())
+        assert answer.status_code == 200, answer.text
+        card = answer.json()["cards"][0]["uuid"]
+        return {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": datetime.now(UTC).isoformat()}]}
+
+    def send(self, running: RunningService, authorization: str | None, body: dict[str, Any] | None = None) -> httpx.Response:
+        if body is None:
+            body = self.body(running)
+        headers = {} if authorization is None else {"Authorization": authorization}
+        if self.method == "GET":
+            return running.client.get(self.path, headers=headers)
+        return running.client.post(self.path, json=body, headers=headers)
+
+
+DISCOVERY = Endpoint("discovery", "GET", DISCOVERY_PATH)
+SERVICE_CALL = Endpoint("service-call", "POST", SERVICE_PATH)
+FEEDBACK = Endpoint("feedback", "POST", FEEDBACK_PATH)
+ENDPOINTS = [DISCOVERY, SERVICE_CALL, FEEDBACK]
+
+each_endpoint = pytest.mark.parametrize("endpoint", ENDPOINTS, ids=[e.name for e in ENDPOINTS])
+
+
+def assert_ok(response: httpx.Response) -> None:
+    assert response.status_code == 200, response.text
+
+
+def assert_bare_401(response: httpx.Response) -> None:
+    assert response.status_code == 401, response.text
+    assert response.content == b""
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def jwks_peer(holder: dict[str, Any]) -> HttpPeer:
+    """A real HTTP JWKS endpoint serving whatever key set `holder["jwks"]` holds at /jwks.json."""
+
+    def handle(path: str, _query: dict[str, list[str]], _headers: dict[str, str]) -> tuple[int, Any]:
+        if path != "/jwks.json":
+            return 404, {"error": "not found"}
+        return 200, holder["jwks"]
+
+    return HttpPeer(handle)
+
+
+@pytest.fixture(scope="module")
+def impostor(ehr: SigningEhr) -> SigningEhr:
+    """Someone claiming the EHR's issuer and kids, with keys of their own."""
+    return SigningEhr(issuer=ehr.issuer)
+
+
+class FakeTime:
+    """Stands in for the `time` module inside cds_service.auth: wall time is real, monotonic time can jump."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+
+@pytest.fixture
+def auth_clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    clock = FakeTime()
+    monkeypatch.setattr(auth, "time", clock)
+    return clock
+
+
+# ---------------------------------------------------------------------------------------------
+# Accepted tokens
+# ---------------------------------------------------------------------------------------------
+
+
+@each_endpoint
+@pytest.mark.parametrize("alg", ["ES384", "RS384"])
+def test_signed_jwt_from_trusted_client_is_accepted(service: RunningService, endpoint: Endpoint, alg: str) -> None:
+    """req 176, req 178, req 180, req 186, req 199: a JWT signed (ES384 or RS384) with a key from the
+    issuer's out-of-band JWK Set, without `jku`, presented as a Bearer token, is accepted."""
+    token = service.ehr.token(endpoint.audience(service), alg=alg)
+    assert_ok(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_iat_within_clock_leeway_is_accepted(service: RunningService, endpoint: Endpoint) -> None:
+    """req 191: an `iat` 30 s in the future (EHR clock ahead, within the 60 s leeway) is accepted."""
+    now = int(time.time())
+    token = service.ehr.token(endpoint.audience(service), iat=now + 30, exp=now + 330)
+    assert_ok(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_nbf_in_the_past_is_accepted(service: RunningService, endpoint: Endpoint) -> None:
+    """An optional `nbf` in the past does not stop the call."""
+    token = service.ehr.token(endpoint.audience(service), nbf=int(time.time()) - 10)
+    assert_ok(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_aud_as_array_containing_the_endpoint_is_accepted(service: RunningService, endpoint: Endpoint) -> None:
+    """req 189: `aud` may be an array of strings containing the endpoint's URL."""
+    audience = [endpoint.audience(service), "https://other-service.example.org/cds-services"]
+    token = service.ehr.token("unused", aud=audience)
+    assert_ok(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_tenant_and_extra_claims_are_accepted_when_tenant_listed(
+    service_factory: ServiceFactory, ehr: SigningEhr, endpoint: Endpoint
+) -> None:
+    """req 193, req 194: `tenant` (listed for the issuer), `sub` and claims this service does not know are accepted;
+    a token without `tenant` is accepted too."""
+    running = service_factory(trusted_issuers={ehr.issuer: {"jwks": ehr.jwks, "tenants": ["acme-health", "other"]}})
+    token = ehr.token(endpoint.audience(running), sub="user-7", tenant="acme-health", fhirUser="Practitioner/dr-1")
+    assert_ok(endpoint.send(running, bearer(token)))
+    assert_ok(endpoint.send(running, bearer(ehr.token(endpoint.audience(running), tenant=None))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rejected tokens: always a bare 401
+# ---------------------------------------------------------------------------------------------
+
+
+@each_endpoint
+def test_call_without_authorization_header_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 177, req 178: every endpoint requires authentication."""
+    assert_bare_401(endpoint.send(service, None))
+
+
+@each_endpoint
+@pytest.mark.parametrize("scheme", ["Basic", "Token", "JWT"])
+def test_non_bearer_scheme_is_rejected(service: RunningService, endpoint: Endpoint, scheme: str) -> None:
+    """req 178: the JWT must be presented as a "Bearer" token; a valid JWT under another scheme is refused."""
+    token = service.ehr.token(endpoint.audience(service))
+    assert_bare_401(endpoint.send(service, f"{scheme} {token}"))
+
+
+@each_endpoint
+def test_unsigned_token_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 176, req 180, req 181: `alg: none` with an empty signature is refused."""
+    payload = claims(service.ehr.issuer, endpoint.audience(service))
+    token = hand_made({"alg": "none", "typ": "JWT", "kid": "ec-1"}, payload)
+    assert token.endswith(".")
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_hs256_token_with_shared_secret_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 180: only the client's private key may sign; a symmetric HS256 token is refused."""
+    payload = claims(service.ehr.issuer, endpoint.audience(service))
+    token = hand_made({"alg": "HS256", "typ": "JWT", "kid": "ec-1"}, payload, hs256(b"a-shared-secret-nobody-configured"))
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+@pytest.mark.parametrize("kid", ["rsa-1", "ec-1"])
+def test_hs256_token_keyed_with_the_public_key_is_rejected(service: RunningService, endpoint: Endpoint, kid: str) -> None:
+    """req 180: the key-confusion attack (HMAC keyed with the issuer's public key PEM) is refused."""
+    public = service.ehr.rsa_key.public_key() if kid == "rsa-1" else service.ehr.ec_key.public_key()
+    pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    payload = claims(service.ehr.issuer, endpoint.audience(service))
+    token = hand_made({"alg": "HS256", "typ": "JWT", "kid": kid}, payload, hs256(pem))
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_signature_by_another_key_with_same_kid_is_rejected(
+    service: RunningService, endpoint: Endpoint, impostor: SigningEhr
+) -> None:
+    """req 176, req 180: the signature must verify with the trusted key the kid names."""
+    token = impostor.token(endpoint.audience(service))
+    assert jwt.get_unverified_header(token)["kid"] == "ec-1"
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_expired_token_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 190: an `exp` more than the 60 s leeway in the past is refused."""
+    now = int(time.time())
+    token = service.ehr.token(endpoint.audience(service), iat=now - 600, exp=now - 120)
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_iat_beyond_clock_leeway_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 191: an `iat` further in the future than the leeway is refused."""
+    now = int(time.time())
+    token = service.ehr.token(endpoint.audience(service), iat=now + 300, exp=now + 600)
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+@pytest.mark.parametrize("claim", ["exp", "iat", "aud", "iss"])
+def test_token_missing_required_claim_is_rejected(service: RunningService, endpoint: Endpoint, claim: str) -> None:
+    """req 187, req 189, req 190, req 191: `iss`, `aud`, `exp` and `iat` are required."""
+    token = service.ehr.token(endpoint.audience(service), **{claim: None})
+    assert claim not in jwt.decode(token, options={"verify_signature": False})
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_aud_of_another_endpoint_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 189, req 196: `aud` must be the URL of the endpoint being invoked, not another of this service's."""
+    other = DISCOVERY if endpoint is not DISCOVERY else SERVICE_CALL
+    token = service.ehr.token(other.audience(service))
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_unknown_issuer_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 187, req 195: only allow-listed `iss` values are trusted, even with a key the service knows."""
+    token = service.ehr.token(endpoint.audience(service), iss="https://unknown-ehr.example.org")
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_token_without_jti_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 192: `jti` is required."""
+    token = service.ehr.token(endpoint.audience(service), jti=None)
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_replayed_token_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 192: the same token (same `jti`) sent twice is accepted once."""
+    token = service.ehr.token(endpoint.audience(service))
+    body = endpoint.body(service)
+    assert_ok(endpoint.send(service, bearer(token), body))
+    assert_bare_401(endpoint.send(service, bearer(token), body))
+
+
+@each_endpoint
+def test_token_without_kid_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 182: the header must carry `kid`."""
+    token = jwt.encode(claims(service.ehr.issuer, endpoint.audience(service)), service.ehr.ec_key, algorithm="ES384")
+    assert "kid" not in jwt.get_unverified_header(token)
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_token_with_unknown_kid_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 182: the kid must name a key in the issuer's JWK Set."""
+    token = service.ehr.token(endpoint.audience(service), headers={"kid": "ec-9"})
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_tenant_not_listed_for_issuer_is_rejected(service_factory: ServiceFactory, ehr: SigningEhr, endpoint: Endpoint) -> None:
+    """req 193: a `tenant` the issuer's configuration does not list is refused."""
+    running = service_factory(trusted_issuers={ehr.issuer: {"jwks": ehr.jwks, "tenants": ["acme-health"]}})
+    assert_bare_401(endpoint.send(running, bearer(ehr.token(endpoint.audience(running), tenant="someone-else"))))
+
+
+@each_endpoint
+def test_jku_not_allowlisted_is_rejected_without_fetching_it(service: RunningService, endpoint: Endpoint) -> None:
+    """req 185, req 195: a `jku` outside the issuer's allow-list is refused and never dereferenced."""
+    peer = jwks_peer({"jwks": service.ehr.jwks})
+    with peer.running():
+        token = service.ehr.token(endpoint.audience(service), headers={"jku": peer.url + "/jwks.json"})
+        assert_bare_401(endpoint.send(service, bearer(token)))
+        assert peer.requests == []
+
+
+def test_jku_allowlisted_for_another_issuer_is_rejected_without_fetching_it(
+    service_factory: ServiceFactory, ehr: SigningEhr
+) -> None:
+    """req 195: a jku is allow-listed per issuer; another issuer's allow-list does not count."""
+    peer = jwks_peer({"jwks": ehr.jwks})
+    with peer.running():
+        jku = peer.url + "/jwks.json"
+        running = service_factory(
+            trusted_issuers={
+                ehr.issuer: {"jwks": ehr.jwks},
+                "https://partner-ehr.example.org": {"jwks": {"keys": []}, "jku_allowlist": [jku]},
+            }
+        )
+        token = ehr.token(running.base_url + DISCOVERY_PATH, headers={"jku": jku})
+        assert_bare_401(DISCOVERY.send(running, bearer(token)))
+        assert peer.requests == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys by URL: jwks_url and allow-listed jku
+# ---------------------------------------------------------------------------------------------
+
+
+def test_jwks_url_is_fetched_once_and_cached(service_factory: ServiceFactory, ehr: SigningEhr) -> None:
+    """req 197, req 199: the issuer's JWK Set configured by URL is fetched over HTTP and cached."""
+    peer = jwks_peer({"jwks": ehr.jwks})
+    with peer.running():
+        running = service_factory(trusted_issuers={ehr.issuer: {"jwks_url": peer.url + "/jwks.json"}})
+        assert_ok(DISCOVERY.send(running, bearer(ehr.token(running.base_url + DISCOVERY_PATH))))
+        assert_ok(DISCOVERY.send(running, bearer(ehr.token(running.base_url + DISCOVERY_PATH, alg="RS384"))))
+        assert [r.path for r in peer.requests] == ["/jwks.json"]
+
+
+def test_unknown_kid_refetches_jwks_url_once(service_factory: ServiceFactory, ehr: SigningEhr, auth_clock: FakeTime) -> None:
+    """req 197: after a key rotation the new kid is found by one refetch (rate-limited, not on every unknown kid)."""
+    holder: dict[str, Any] = {"jwks": ehr.jwks}
+    peer = jwks_peer(holder)
+    rotated = KeyPair.generate("ec-2")
+    with peer.running():
+        running = service_factory(trusted_issuers={ehr.issuer: {"jwks_url": peer.url + "/jwks.json"}})
+        audience = running.base_url + DISCOVERY_PATH
+        assert_ok(DISCOVERY.send(running, bearer(ehr.token(audience))))
+        assert len(peer.requests) == 1
+
+        holder["jwks"] = {"keys": [rotated.jwk]}
+        # right after a fetch an unknown kid is not worth a refetch
+        assert_bare_401(DISCOVERY.send(running, bearer(rotated.sign(claims(ehr.issuer, audience)))))
+        assert len(peer.requests) == 1
+
+        auth_clock.offset += auth._REFRESH_MIN_INTERVAL + 1  # still well inside jwks_cache_seconds
+        assert_ok(DISCOVERY.send(running, bearer(rotated.sign(claims(ehr.issuer, audience)))))
+        assert len(peer.requests) == 2
+        assert_ok(DISCOVERY.send(running, bearer(rotated.sign(claims(ehr.issuer, audience)))))
+        assert len(peer.requests) == 2
+
+
+def test_jwks_url_cache_expires(service_factory: ServiceFactory, ehr: SigningEhr, auth_clock: FakeTime) -> None:
+    """req 197: a cached JWK Set is fetched again once jwks_cache_seconds have passed."""
+    peer = jwks_peer({"jwks": ehr.jwks})
+    with peer.running():
+        running = service_factory(trusted_issuers={ehr.issuer: {"jwks_url": peer.url + "/jwks.json"}}, jwks_cache_seconds=120)
+        assert_ok(DISCOVERY.send(running, bearer(ehr.token(running.base_url + DISCOVERY_PATH))))
+        auth_clock.offset += 121
+        assert_ok(DISCOVERY.send(running, bearer(ehr.token(running.base_url + DISCOVERY_PATH))))
+        assert len(peer.requests) == 2
+
+
+def test_unavailable_jwks_url_rejects(service_factory: ServiceFactory, ehr: SigningEhr) -> None:
+    """req 197: when the JWK Set cannot be had (HTTP 500, not a key set) the call is a bare 401."""
+    holder: dict[str, Any] = {"jwks": {"not": "a key set"}}
+
+    def handle(path: str, _query: dict[str, list[str]], _headers: dict[str, str]) -> tuple[int, Any]:
+        return (500, {}) if path == "/broken.json" else (200, holder["jwks"])
+
+    peer = HttpPeer(handle)
+    with peer.running():
+        for path in ("/broken.json", "/jwks.json"):
+            running = service_factory(trusted_issuers={ehr.issuer: {"jwks_url": peer.url + path}})
+            assert_bare_401(DISCOVERY.send(running, bearer(ehr.token(running.base_url + DISCOVERY_PATH))))
+        assert [r.path for r in peer.requests] == ["/broken.json", "/jwks.json"]
+
+
+def test_allowlisted_jku_is_fetched_and_trusted(service_factory: ServiceFactory, ehr: SigningEhr) -> None:
+    """req 185, req 195, req 198: a jku on the issuer's allow-list is dereferenced and its keys verify the JWT."""
+    jku_key = KeyPair.generate("jku-1")  # in the jku's key set only, not in the inline one
+    peer = jwks_peer({"jwks": {"keys": [jku_key.jwk]}})
+    with peer.running():
+        jku = peer.url + "/jwks.json"
+        running = service_factory(trusted_issuers={ehr.issuer: {"jwks": ehr.jwks, "jku_allowlist": [jku]}})
+        for endpoint in ENDPOINTS:
+            token = jku_key.sign(claims(ehr.issuer, endpoint.audience(running)), jku=jku)
+            assert_ok(endpoint.send(running, bearer(token)))
+        assert [r.path for r in peer.requests] == ["/jwks.json"]  # fetched once, then cached
+        # without the jku header the inline key set is used, which does not hold jku-1
+        token = jku_key.sign(claims(ehr.issuer, running.base_url + DISCOVERY_PATH))
+        assert_bare_401(DISCOVERY.send(running, bearer(token)))
+
+
+def test_jku_equal_to_issuer_jwks_url_is_accepted(service_factory: ServiceFactory, ehr: SigningEhr) -> None:
+    """req 185, req 198: a jku naming the issuer's configured jwks_url needs no separate allow-listing."""
+    peer = jwks_peer({"jwks": ehr.jwks})
+    with peer.running():
+        url = peer.url + "/jwks.json"
+        running = service_factory(trusted_issuers={ehr.issuer: {"jwks_url": url}})
+        assert_ok(DISCOVERY.send(running, bearer(ehr.token(running.base_url + DISCOVERY_PATH, headers={"jku": url}))))
+        assert [r.path for r in peer.requests] == ["/jwks.json"]
+
+
+def test_jwks_url_with_allowlisted_jku(service_factory: ServiceFactory, ehr: SigningEhr) -> None:
+    """req 185, req 195, req 198: with jwks_url and an allow-listed jku, a token naming the jku is verified from it."""
+    jku_key = KeyPair.generate("jku-2")
+    peer = jwks_peer({"jwks": ehr.jwks})
+    other = jwks_peer({"jwks": {"keys": [jku_key.jwk]}})
+    with peer.running(), other.running():
+        jku = other.url + "/jwks.json"
+        running = service_factory(trusted_issuers={ehr.issuer: {"jwks_url": peer.url + "/jwks.json", "jku_allowlist": [jku]}})
+        token = jku_key.sign(claims(ehr.issuer, running.base_url + DISCOVERY_PATH), jku=jku)
+        assert_ok(DISCOVERY.send(running, bearer(token)))
+        assert len(other.requests) == 1
+        assert peer.requests == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The audience behind a proxy: SPINE_CDS_PUBLIC_BASE_URL
+# ---------------------------------------------------------------------------------------------
+
+
+def test_audience_uses_public_base_url(service_factory: ServiceFactory, ehr: SigningEhr) -> None:
+    """req 196: behind a proxy, `aud` is the public URL of the endpoint, not the address the app listens on."""
+    running = service_factory(public_base_url="https://cds.example.org/base")
+    public = bearer(ehr.token("https://cds.example.org/base/cds-services"))
+    assert_ok(DISCOVERY.send(running, public))
+    assert_bare_401(DISCOVERY.send(running, bearer(ehr.token(running.base_url + DISCOVERY_PATH))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay stores
+# ---------------------------------------------------------------------------------------------
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_memory_replay_store_remembers_jti_until_ttl() -> None:
+    """req 192: a jti is usable once while it is remembered."""
+    clock = StepClock()
+    store = MemoryReplayStore(clock=clock)
+    assert store.first_use("iss|a", 60) is True
+    assert store.first_use("iss|a", 60) is False
+    assert store.first_use("iss|b", 60) is True
+    clock.now += 59
+    assert store.first_use("iss|a", 60) is False
+    clock.now += 2
+    assert store.first_use("iss|a", 60) is True
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    """Redis db 15; a failure in CI when Redis is down, a skip elsewhere."""
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        if IN_CI:
+            pytest.fail(f"Redis is required in CI ({REDIS_URL}): {exc}")
+        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def replay_keys(redis_client: redis.Redis) -> Iterator[list[str]]:
+    """Replay-store keys a test used (unique to this run), deleted afterwards."""
+    used: list[str] = []
+    yield used
+    if used:
+        redis_client.delete(*(f"spine-cds:jti:{key}" for key in used))
+
+
+def test_redis_replay_store_is_shared_between_instances(redis_client: redis.Redis, replay_keys: list[str]) -> None:
+    """req 192: the jti memory in Redis is shared by every process and host using it."""
+    run = uuid.uuid4().hex
+    first, second = f"test-{run}|jti-1", f"test-{run}|jti-2"
+    replay_keys.extend([first, second])
+    other_client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        one, two = RedisReplayStore(redis_client), RedisReplayStore(other_client)
+        assert one.first_use(first, 60) is True
+        assert one.first_use(first, 60) is False
+        assert two.first_use(first, 60) is False
+        assert two.first_use(second, 60) is True
+        assert one.first_use(second, 60) is False
+        assert 0 < int(redis_client.ttl(f"spine-cds:jti:{first}")) <= 60
+    finally:
+        other_client.close()
+
+
+def test_replay_rejected_by_second_service_instance_sharing_redis(
+    service_factory: ServiceFactory, ehr: SigningEhr, redis_client: redis.Redis, replay_keys: list[str]
+) -> None:
+    """req 192: two instances behind one public URL share Redis, so a token replayed to the other is refused."""
+    public = "https://cds.example.org"
+    first = service_factory(public_base_url=public, redis_url=REDIS_URL)
+    second = service_factory(public_base_url=public, redis_url=REDIS_URL)
+    jti = f"test-{uuid.uuid4().hex}"
+    replay_keys.append(f"{ehr.issuer}|{jti}")
+    token = bearer(ehr.token(public + DISCOVERY_PATH, jti=jti))
+    assert_ok(DISCOVERY.send(first, token))
+    assert_bare_401(DISCOVERY.send(second, token))
+    assert redis_client.exists(f"spine-cds:jti:{ehr.issuer}|{jti}") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens are never logged or stored
+# ---------------------------------------------------------------------------------------------
+
+
+def _stored_text(database_url: str) -> str:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            tables = inspect(connection).get_table_names()
+            assert {"decisions", "feedback"} <= set(tables)
+            rows = [
+                " ".join(str(value) for value in row)
+                for table in tables
+                for row in connection.execute(text(f'SELECT * FROM "{table}"')).all()
+            ]
+    finally:
+        engine.dispose()
+    return "\n".join(rows)
+
+
+def test_tokens_are_never_logged_or_stored(
+    service_factory: ServiceFactory, ehr: SigningEhr, caplog: pytest.LogCaptureFixture
+) -> None:
+    """req 176: the JWTs (accepted and rejected) and the fhirAuthorization access token reach no log
+    record and no decision-log row."""
+    caplog.set_level(logging.DEBUG)
+    access_token = f"fhir-access-{uuid.uuid4().hex}"
+    fhir = FhirServer(generate("radiculopathy-knee-pain", seed=0, today=TODAY), token=access_token)
+    with fhir.peer.running():
+        running = service_factory(log_level="DEBUG")
+        body = patient_view(prefetch=False)
+        body["fhirServer"] = fhir.base
+        body["fhirAuthorization"] = {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "spine-cds",
+        }
+        audience = running.base_url + SERVICE_PATH
+        now = int(time.time())
+        tokens = [
+            ehr.token(audience, iat=now - 600, exp=now - 120),  # expired
+            ehr.token(audience, iss="https://unknown-ehr.example.org"),
+            ehr.token(audience),
+        ]
+        assert_bare_401(SERVICE_CALL.send(running, bearer(tokens[0]), body))
+        assert_bare_401(SERVICE_CALL.send(running, bearer(tokens[1]), body))
+        answer = SERVICE_CALL.send(running, bearer(tokens[2]), body)
+        assert_ok(answer)
+        assert fhir.peer.requests and all(r.headers["authorization"] == f"Bearer {access_token}" for r in fhir.peer.requests)
+
+        card = answer.json()["cards"][0]["uuid"]
+        feedback = {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": datetime.now(UTC).isoformat()}]}
+        feedback_tokens = [ehr.token(running.base_url + FEEDBACK_PATH) for _ in range(2)]
+        assert_ok(FEEDBACK.send(running, bearer(feedback_tokens[0]), feedback))
+        assert_bare_401(FEEDBACK.send(running, bearer(feedback_tokens[0]), feedback))  # replayed
+        tokens += feedback_tokens[:1]
+
+    secrets = [access_token, *tokens, *(token.rsplit(".", 1)[1] for token in tokens)]
+    messages = [record.getMessage() + "\n" + (record.exc_text or "") for record in caplog.records]
+    assert any("rejected call" in message for message in messages), "the rejections were expected in the log"
+    for secret in secrets:
+        assert not [m for m in messages if secret in m]
+
+    stored = _stored_text(running.app.extensions["spine_cds"].settings.effective_database_url)
+    assert card in stored  # the rows were read
+    for secret in secrets:
+        assert secret not in stored
