@@ -29,7 +29,10 @@ def main() -> None:
 @click.option("--workers", default=None, type=int, help="gunicorn worker processes (default: twice the CPUs).")
 @click.option("--threads", default=2, show_default=True, type=int, help="threads per worker (prefetch fetches wait on I/O).")
 @click.option("--timeout", default=30, show_default=True, type=int, help="seconds before a stuck worker is restarted.")
-def serve(host: str, port: int, workers: int | None, threads: int, timeout: int) -> None:
+@click.option(
+    "--bind", default=None, help="gunicorn bind address instead of --host/--port, e.g. unix:/run/spine-cds.sock or fd://3."
+)
+def serve(host: str, port: int, workers: int | None, threads: int, timeout: int, bind: str | None) -> None:
     """Run the service under gunicorn."""
     from cds_service.app import pseudonym_key
     from cds_service.db import make_engine, upgrade
@@ -49,7 +52,7 @@ def serve(host: str, port: int, workers: int | None, threads: int, timeout: int)
     os.environ["SPINE_CDS_AUTO_MIGRATE"] = "false"
     argv = [
         "gunicorn",
-        "--bind", f"{host}:{port}",
+        "--bind", bind or f"{host}:{port}",
         "--workers", str(count),
         "--worker-class", "gthread",
         "--threads", str(threads),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from cds_service import create_app
 from tests.conftest import IN_CI
-from tests.support import RunningService, SigningEhr, serve
+from tests.support import FhirServer, LogReader, RunningService, SigningEhr, serve
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -78,3 +79,44 @@ def service_factory(tmp_path: Path, ehr: SigningEhr) -> Iterator[Callable[..., R
 def service(service_factory: Callable[..., RunningService]) -> RunningService:
     """The service on SQLite, the embedded default."""
     return service_factory()
+
+
+@pytest.fixture
+def fhir_server_factory() -> Iterator[Callable[..., FhirServer]]:
+    """Start in-memory FHIR servers (FhirServer(resources, **options)) for the test; stopped afterwards."""
+    with ExitStack() as stack:
+
+        def start(resources: list[dict[str, Any]], **options: Any) -> FhirServer:
+            server = FhirServer(resources, **options)
+            stack.enter_context(server.peer.running())
+            return server
+
+        yield start
+
+
+@pytest.fixture
+def read_log() -> Iterator[Callable[[RunningService], LogReader]]:
+    """Open a reader on a running service's decision log (its own connection, committed rows only)."""
+    readers: list[LogReader] = []
+
+    def open_reader(running: RunningService) -> LogReader:
+        reader = LogReader.of(running)
+        readers.append(reader)
+        return reader
+
+    yield open_reader
+    for reader in readers:
+        reader.close()
+
+
+@pytest.fixture(scope="module")
+def module_service(tmp_path_factory: pytest.TempPathFactory, ehr: SigningEhr) -> Iterator[RunningService]:
+    """One service on SQLite shared by a test module, for tests whose calls cannot affect each other."""
+    config: dict[str, Any] = {
+        "instance_path": str(tmp_path_factory.mktemp("module-instance")),
+        "trusted_issuers": {ehr.issuer: {"jwks": ehr.jwks}},
+        "pseudonym_key": "test-pseudonym-key",
+    }
+    app = create_app(config)
+    with serve(app) as base_url, httpx.Client(base_url=base_url, timeout=10) as client:
+        yield RunningService(base_url, app, ehr, client)

@@ -1,0 +1,232 @@
+"""The feedback endpoint over real HTTP: stored, idempotent, validated against the cards issued, and snoozing.
+
+Feedback is a MAY for services (spec section "Feedback"); the Client-side rules it checks are the
+request shape (card uuid, outcome, acceptedSuggestions, overrideReason, outcomeTimestamp).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from hooks.cards import OVERRIDE_SYSTEM
+from hooks.synthetic import generate
+from tests.cds_service.requests import TODAY, accepted, order_sign, overridden, patient_view_of
+from tests.support import LogReader, RunningService, assert_cards_response, error_of
+
+PATIENT_VIEW = "/cds-services/spine-knee-patient-view"
+FEEDBACK = PATIENT_VIEW + "/feedback"
+
+
+@pytest.fixture
+def service(module_service: RunningService) -> RunningService:
+    """Each test uses its own patients and cards, so one service (one log) serves the module."""
+    return module_service
+
+
+@pytest.fixture
+def log(module_service: RunningService) -> Iterator[LogReader]:
+    reader = LogReader.of(module_service)
+    yield reader
+    reader.close()
+
+
+def new_patient() -> list[dict[str, Any]]:
+    return generate("radiculopathy-knee-pain", seed=uuid.uuid4().int % 10**9, today=TODAY)
+
+
+def card_for(service: RunningService, resources: list[dict[str, Any]]) -> dict[str, Any]:
+    cards = assert_cards_response(service.post(PATIENT_VIEW, patient_view_of(resources)))
+    assert len(cards) == 1
+    return cards[0]
+
+
+def send(service: RunningService, *items: dict[str, Any], path: str = FEEDBACK) -> httpx.Response:
+    return service.post(path, {"feedback": list(items)})
+
+
+def test_accepted_with_the_card_suggestion_is_stored(service: RunningService, log: LogReader) -> None:
+    resources = new_patient()
+    card = card_for(service, resources)
+    suggestion = card["suggestions"][0]["uuid"]
+
+    response = send(service, accepted(card))
+
+    assert response.status_code == 200
+    assert response.json() == {"stored": 1, "duplicates": 0}
+    [row] = log.feedback(card_uuid=card["uuid"])
+    decision = log.decision(id=row["decision_id"])
+    assert decision["card_uuids"] == [card["uuid"]]
+    assert row["service_id"] == "spine-knee-patient-view"
+    assert row["outcome"] == "accepted"
+    assert row["accepted_suggestions"] == [suggestion]
+    assert row["outcome_timestamp"] == "2026-11-24T10:00:00Z"
+    assert row["issuer"] == service.ehr.issuer
+    assert row["patient_pseudonym"] == decision["patient_pseudonym"]
+    assert row["override_code"] is None
+
+
+def test_overridden_with_a_reason_and_comment_is_stored(service: RunningService, log: LogReader) -> None:
+    card = card_for(service, new_patient())
+    response = send(service, overridden(card, "knee-cause-confirmed", "MRI showed a meniscal tear"))
+    assert response.status_code == 200
+    assert response.json() == {"stored": 1, "duplicates": 0}
+    [row] = log.feedback(card_uuid=card["uuid"])
+    assert (row["outcome"], row["override_code"], row["override_system"]) == (
+        "overridden",
+        "knee-cause-confirmed",
+        OVERRIDE_SYSTEM,
+    )
+    assert row["override_comment"] == "MRI showed a meniscal tear"
+    assert row["accepted_suggestions"] == []
+
+
+def test_overridden_without_a_reason_is_stored(service: RunningService, log: LogReader) -> None:
+    card = card_for(service, new_patient())
+    assert send(service, overridden(card)).json() == {"stored": 1, "duplicates": 0}
+    [row] = log.feedback(card_uuid=card["uuid"])
+    assert row["override_code"] is None and row["override_comment"] is None
+
+
+def test_a_batch_is_stored_and_sending_it_again_is_idempotent(service: RunningService, log: LogReader) -> None:
+    first, second = card_for(service, new_patient()), card_for(service, new_patient())
+    batch = [accepted(first), overridden(second, "not-clinically-relevant", "seen last week")]
+
+    assert send(service, *batch).json() == {"stored": 2, "duplicates": 0}
+    assert send(service, *batch).json() == {"stored": 0, "duplicates": 2}
+
+    assert len(log.feedback(card_uuid=first["uuid"])) == 1
+    assert len(log.feedback(card_uuid=second["uuid"])) == 1
+
+
+def test_an_unknown_card_is_refused_and_the_valid_items_are_stored(service: RunningService, log: LogReader) -> None:
+    card = card_for(service, new_patient())
+    unknown = {**overridden(card), "card": str(uuid.uuid4())}
+
+    response = send(service, accepted(card), unknown)
+
+    assert response.status_code == 404
+    error = error_of(response)
+    assert error["code"] == "unknown_card"
+    assert error["details"]["stored"] == 1
+    assert error["details"]["rejected"] == [
+        {"index": 1, "code": "unknown_card", "message": error["details"]["rejected"][0]["message"]}
+    ]
+    assert len(log.feedback(card_uuid=card["uuid"])) == 1
+    assert log.feedback(card_uuid=unknown["card"]) == []
+
+
+def test_a_card_of_another_service_is_unknown_here(service: RunningService) -> None:
+    cards = assert_cards_response(service.post("/cds-services/spine-knee-order-sign", order_sign()))
+    response = send(service, overridden(cards[0]))
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "unknown_card"
+
+
+def test_accepted_without_accepted_suggestions_is_400(service: RunningService, log: LogReader) -> None:
+    card = card_for(service, new_patient())
+    for item in (
+        {**accepted(card), "acceptedSuggestions": []},
+        {k: v for k, v in accepted(card).items() if k != "acceptedSuggestions"},
+    ):
+        response = send(service, item)
+        assert response.status_code == 400
+        assert error_of(response)["code"] == "invalid_request"
+    assert log.feedback(card_uuid=card["uuid"]) == []
+
+
+def test_an_accepted_suggestion_the_card_did_not_carry_is_400(service: RunningService, log: LogReader) -> None:
+    card = card_for(service, new_patient())
+    other = card_for(service, new_patient())
+    for foreign in (str(uuid.uuid4()), other["suggestions"][0]["uuid"]):
+        response = send(service, {**accepted(card), "acceptedSuggestions": [{"id": foreign}]})
+        assert response.status_code == 400
+        assert error_of(response)["code"] == "unknown_suggestion"
+    assert log.feedback(card_uuid=card["uuid"]) == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"outcome": "ignored"},
+        {"outcome": None},
+        {"outcome": "ACCEPTED"},
+        {"outcomeTimestamp": "yesterday"},
+        {"outcomeTimestamp": None},
+        {"card": None},
+        {"card": 12},
+    ],
+)
+def test_a_malformed_item_is_400(service: RunningService, change: dict[str, Any]) -> None:
+    card = card_for(service, new_patient())
+    item = {k: v for k, v in {**overridden(card), **change}.items() if v is not None}
+    response = send(service, item)
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("body", [{}, {"feedback": []}, {"feedback": "x"}, [], {"feedback": [1]}])
+def test_a_malformed_batch_is_400(service: RunningService, body: Any) -> None:
+    response = service.post(FEEDBACK, body)
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_request"
+
+
+def test_feedback_for_an_unknown_service_is_404(service: RunningService) -> None:
+    response = service.post("/cds-services/no-such-service/feedback", {"feedback": []})
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "unknown_service"
+
+
+def test_feedback_as_text_plain_is_415(service: RunningService) -> None:
+    response = service.client.post(FEEDBACK, content=b"{}", headers={**service.headers(FEEDBACK), "Content-Type": "text/plain"})
+    assert response.status_code == 415
+    assert error_of(response)["code"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize("reason", ["already-evaluated", "patient-declines"])
+def test_a_snoozing_override_silences_the_service_for_that_patient(service: RunningService, log: LogReader, reason: str) -> None:
+    patient, other = new_patient(), new_patient()
+    card = card_for(service, patient)
+    assert send(service, overridden(card, reason)).status_code == 200
+
+    again = patient_view_of(patient)
+    assert service.post(PATIENT_VIEW, again).json() == {"cards": []}
+    row = log.decision(hook_instance=again["hookInstance"])
+    assert (row["outcome"], row["status_code"], row["card_uuids"]) == ("snoozed", 200, [])
+    assert row["band"] == "likely"  # still assessed, only not shown
+
+    assert len(card_for(service, other)) > 0  # another patient still gets cards
+    # the order services are not silenced by feedback on the patient-view service
+    body = order_sign()
+    assert len(assert_cards_response(service.post("/cds-services/spine-knee-order-sign", body))) == 1
+
+
+@pytest.mark.parametrize("reason", ["not-clinically-relevant", "knee-cause-confirmed", None])
+def test_other_overrides_do_not_snooze(service: RunningService, reason: str | None) -> None:
+    patient = new_patient()
+    card = card_for(service, patient)
+    assert send(service, overridden(card, reason)).status_code == 200
+    assert len(card_for(service, patient)) > 0
+
+
+def test_accepting_does_not_snooze(service: RunningService) -> None:
+    patient = new_patient()
+    assert send(service, accepted(card_for(service, patient))).status_code == 200
+    assert len(card_for(service, patient)) > 0
+
+
+def test_snooze_days_zero_disables_snoozing(
+    service_factory: Callable[..., RunningService], read_log: Callable[[RunningService], LogReader]
+) -> None:
+    running = service_factory(snooze_days=0)
+    patient = new_patient()
+    card = card_for(running, patient)
+    assert send(running, overridden(card, "already-evaluated")).status_code == 200
+    again = patient_view_of(patient)
+    assert len(assert_cards_response(running.post(PATIENT_VIEW, again))) == 1
+    assert read_log(running).decision(hook_instance=again["hookInstance"])["outcome"] == "cards"
