@@ -75,11 +75,13 @@ class PrefetchFetcher:
         prefetch: Mapping[str, Any],
         fhir_server: str | None,
         access_token: str | None,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The prefetch with every template key filled, and notes on anything read only in part."""
         missing = [key for key in templates if key not in prefetch]
         completed = dict(prefetch)
+        notes: list[str] = []
         if not missing:
-            return completed
+            return completed, notes
         if not fhir_server:
             raise PrefetchUnavailable("Prefetch keys are missing and no fhirServer was given to fetch them from.", missing)
         urls: dict[str, str] = {}
@@ -91,21 +93,26 @@ class PrefetchFetcher:
         headers = {"Accept": "application/fhir+json"}
         if access_token:
             headers["Authorization"] = f"Bearer {access_token}"
-        futures = {key: self._pool.submit(self._fetch, url, fhir_server, headers) for key, url in urls.items()}
+        futures = {key: self._pool.submit(self._fetch, key, url, fhir_server, headers) for key, url in urls.items()}
         failed = []
         for key, future in futures.items():
             try:
-                completed[key] = future.result()
+                completed[key], key_notes = future.result()
+                notes.extend(key_notes)
             except (httpx.HTTPError, ValueError):
                 failed.append(key)
         if failed:
             raise PrefetchUnavailable("The FHIR server did not provide the data this service needs.", sorted(failed))
-        return completed
+        return completed, notes
 
-    def _fetch(self, url: str, base: str, headers: dict[str, str]) -> Any:
+    def _fetch(self, key: str, url: str, base: str, headers: dict[str, str]) -> tuple[Any, list[str]]:
         pages: list[Any] = []
+        notes: list[str] = []
         next_url: str | None = url
-        while next_url and len(pages) < self.max_pages:
+        while next_url:
+            if len(pages) == self.max_pages:
+                notes.append(f"Only the first {self.max_pages} pages of '{key}' were read; the record may hold more.")
+                break
             response = self.client.get(next_url, headers=headers)
             response.raise_for_status()
             page = orjson.loads(response.content)
@@ -116,6 +123,9 @@ class PrefetchFetcher:
             if page["resourceType"] == "Bundle":
                 for link in page.get("link") or []:
                     if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-                        # never send the EHR's token to another origin
-                        next_url = link["url"] if _same_origin(link["url"], base) else None
-        return pages[0] if len(pages) == 1 else pages
+                        if _same_origin(link["url"], base):
+                            next_url = link["url"]
+                        else:
+                            # never send the EHR's token to another origin
+                            notes.append(f"A further page of '{key}' on another server was not fetched.")
+        return (pages[0] if len(pages) == 1 else pages), notes

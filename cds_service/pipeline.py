@@ -145,7 +145,7 @@ class HookPipeline:
             row.user_id = request.context.get("userId")
             patient_id = request.context.get("patientId")
             row.patient_pseudonym = self.log.pseudonym(patient_id)
-            prefetch = self.fetcher.complete(
+            prefetch, fetch_notes = self.fetcher.complete(
                 service.prefetch, request.context, request.prefetch, request.fhir_server, request.access_token
             )
             evaluation = evaluate(
@@ -156,6 +156,7 @@ class HookPipeline:
                 CardOptions(docs_url=f"{base_url}/model"),
                 today=datetime.now(UTC).date(),
                 instance=request.hook_instance,
+                notes=fetch_notes,
             )
         except ApiError as exc:
             row.outcome, row.status_code = exc.code, exc.status

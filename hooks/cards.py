@@ -81,9 +81,7 @@ def _finding_rows(model: Model, contributions: Sequence[Contribution]) -> list[s
         figure = str(signal.ratio) if signal.ratio else "no published figure"
         sources = "; ".join(model.short_citations[s] for s in signal.sources)
         basis = f"{_EVIDENCE_WORDS[signal.evidence]} evidence, {figure}. {signal.why} ({sources})"
-        rows.append(
-            f"| {_md(signal.label)} | {shown} | {when} | {signal.weight:+.2f} | {_md(basis)} |"
-        )
+        rows.append(f"| {_md(signal.label)} | {shown} | {when} | {signal.weight:+.2f} | {_md(basis)} |")
     return rows
 
 

@@ -6,7 +6,7 @@ all call `evaluate`, so a card looks the same wherever it is produced.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -107,11 +107,13 @@ def evaluate(
     *,
     today: date,
     instance: str | None = None,
+    notes: Sequence[str] = (),
 ) -> Evaluation:
     """One hook call: read the record, assess it, find drafted knee orders, build the cards."""
     patient_id = context.get("patientId")
     patient_id = patient_id if isinstance(patient_id, str) else None
     record = read_record(model, prefetch=prefetch, patient_id=patient_id)
+    record.notes.extend(notes)
     assessor = Assessor(model)
     knee_orders: list[Intervention] = []
     if service.hook in ("order-select", "order-sign"):

@@ -249,6 +249,14 @@ def test_call_without_authorization_header_is_rejected(service: RunningService, 
 
 
 @each_endpoint
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER"])
+def test_the_bearer_scheme_name_is_case_insensitive(service: RunningService, endpoint: Endpoint, scheme: str) -> None:
+    """RFC 7235: an authentication scheme name is matched without regard to case."""
+    token = service.ehr.token(endpoint.audience(service))
+    assert_ok(endpoint.send(service, f"{scheme} {token}"))
+
+
+@each_endpoint
 @pytest.mark.parametrize("scheme", ["Basic", "Token", "JWT"])
 def test_non_bearer_scheme_is_rejected(service: RunningService, endpoint: Endpoint, scheme: str) -> None:
     """req 178: the JWT must be presented as a "Bearer" token; a valid JWT under another scheme is refused."""
@@ -258,7 +266,7 @@ def test_non_bearer_scheme_is_rejected(service: RunningService, endpoint: Endpoi
 
 @each_endpoint
 def test_unsigned_token_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
-    """req 176, req 180, req 181: `alg: none` with an empty signature is refused."""
+    """req 176, req 180, req 181, req 201: `alg: none` with an empty signature is refused."""
     payload = claims(service.ehr.issuer, endpoint.audience(service))
     token = hand_made({"alg": "none", "typ": "JWT", "kid": "ec-1"}, payload)
     assert token.endswith(".")
@@ -267,7 +275,7 @@ def test_unsigned_token_is_rejected(service: RunningService, endpoint: Endpoint)
 
 @each_endpoint
 def test_hs256_token_with_shared_secret_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
-    """req 180: only the client's private key may sign; a symmetric HS256 token is refused."""
+    """req 180, req 203: only the client's private key may sign; a symmetric HS256 token is refused."""
     payload = claims(service.ehr.issuer, endpoint.audience(service))
     token = hand_made({"alg": "HS256", "typ": "JWT", "kid": "ec-1"}, payload, hs256(b"a-shared-secret-nobody-configured"))
     assert_bare_401(endpoint.send(service, bearer(token)))
@@ -276,7 +284,7 @@ def test_hs256_token_with_shared_secret_is_rejected(service: RunningService, end
 @each_endpoint
 @pytest.mark.parametrize("kid", ["rsa-1", "ec-1"])
 def test_hs256_token_keyed_with_the_public_key_is_rejected(service: RunningService, endpoint: Endpoint, kid: str) -> None:
-    """req 180: the key-confusion attack (HMAC keyed with the issuer's public key PEM) is refused."""
+    """req 180, req 203: the key-confusion attack (HMAC keyed with the issuer's public key PEM) is refused."""
     public = service.ehr.rsa_key.public_key() if kid == "rsa-1" else service.ehr.ec_key.public_key()
     pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     payload = claims(service.ehr.issuer, endpoint.audience(service))

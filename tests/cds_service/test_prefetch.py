@@ -237,17 +237,40 @@ class RedirectingFhirServer(FhirServer):
         return status, body
 
 
-def test_next_links_to_another_origin_are_not_followed(service: RunningService) -> None:
+def test_next_links_to_another_origin_are_not_followed(service: RunningService, read: LogReader) -> None:
     """req 61: the token is presented only to the EHR's FHIR server; a `next` link elsewhere is not followed."""
     resources = radiculopathy(seed=114)
     other = HttpPeer(lambda *_: (200, {"resourceType": "Bundle", "type": "searchset", "total": 0}))
     with other.running():
         server = RedirectingFhirServer(resources, other.url, FHIR_TOKEN)
         with server.peer.running():
-            response = service.post(PATIENT_VIEW, fetched_from(patient_view_of(resources), server.base))
+            body = fetched_from(patient_view_of(resources), server.base)
+            response = service.post(PATIENT_VIEW, body)
     assert len(assert_cards_response(response)) == 1
     assert other.requests == []
     assert [r.path for r in server.peer.requests].count("/fhir/Condition") == 1
+    notes = read.decision(hook_instance=body["hookInstance"])["assessment"]["notes"]
+    assert "A further page of 'conditions' on another server was not fetched." in notes
+
+
+def test_the_page_cap_stops_paging_and_says_so(
+    service_factory: Callable[..., RunningService], fhir_server_factory: StartFhir
+) -> None:
+    """A search longer than `fetch_max_pages` pages is read in part, and the decision notes it."""
+    capped = service_factory(fetch_max_pages=2)
+    core = radiculopathy(seed=115)
+    server = fhir_server_factory(core, page_size=1, token=FHIR_TOKEN)
+    body = fetched_from(patient_view_of(core), server.base)
+
+    assert capped.post(PATIENT_VIEW, body).status_code == 200
+
+    assert [r.path for r in server.peer.requests].count("/fhir/Condition") == 2
+    reader = LogReader.of(capped)
+    try:
+        notes = reader.decision(hook_instance=body["hookInstance"])["assessment"]["notes"]
+    finally:
+        reader.close()
+    assert "Only the first 2 pages of 'conditions' were read; the record may hold more." in notes
 
 
 def test_a_patient_id_that_cannot_fill_a_token_is_refused_before_fetching(
