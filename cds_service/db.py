@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
@@ -112,13 +113,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        engine = create_engine(url, connect_args={"check_same_thread": False}, json_serializer=_json)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     # no pre-ping: it costs a round trip per request; a dropped connection fails one request and is replaced
-    return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800)
+    return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, json_serializer=_json)
 
 
 def upgrade(engine: Engine) -> None:
@@ -137,6 +138,13 @@ class SnoozeRule:
     system: str
     codes: frozenset[str]
     days: int
+
+
+_INSERT_DECISION = insert(Decision).returning(Decision.id)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 class DecisionLog:
@@ -163,7 +171,8 @@ class DecisionLog:
                     decision.outcome = "snoozed"
                 values = {c.key: getattr(decision, c.key) for c in Decision.__table__.columns if c.key != "id"}
                 values["created_at"] = values["created_at"] or utcnow()
-                decision_id = connection.execute(insert(Decision).values(**values).returning(Decision.id)).scalar_one()
+                # parameters passed apart from the statement let SQLAlchemy reuse its compiled form
+                decision_id = connection.execute(_INSERT_DECISION, values).scalar_one()
                 if decision.card_uuids:
                     connection.execute(
                         insert(IssuedCard), [{"card_uuid": u, "decision_id": decision_id} for u in decision.card_uuids]
