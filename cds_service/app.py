@@ -52,18 +52,18 @@ def components() -> Components:
     return found
 
 
-def pseudonym_key(settings: Settings) -> bytes:
-    """The configured key, or for the embedded default one generated once into the instance folder.
+def instance_secret(settings: Settings, configured: str | None, name: str) -> bytes:
+    """A configured key, or for the embedded default one generated once into the instance folder.
 
     Several workers may start at once: the key is written to a private temporary file and linked into
     place, which fails for all but the first, so every worker reads the same key.
     """
-    if settings.pseudonym_key:
-        return settings.pseudonym_key.encode()
-    path = settings.instance_path / "pseudonym.key"
+    if configured:
+        return configured.encode()
+    path = settings.instance_path / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(f".pseudonym.{os.getpid()}.{secrets.token_hex(4)}")
+        scratch = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
         descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(secrets.token_hex(32))
@@ -74,6 +74,14 @@ def pseudonym_key(settings: Settings) -> bytes:
         finally:
             scratch.unlink()
     return path.read_text().strip().encode()
+
+
+def pseudonym_key(settings: Settings) -> bytes:
+    return instance_secret(settings, settings.pseudonym_key, "pseudonym.key")
+
+
+def audit_key(settings: Settings) -> bytes:
+    return instance_secret(settings, settings.audit_key, "audit.key")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -98,7 +106,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     else:
         replay = MemoryReplayStore()
     model = load_model(site=settings.site)
-    decision_log = DecisionLog(engine, pseudonym_key(settings))
+    decision_log = DecisionLog(engine, pseudonym_key(settings), audit_key(settings))
     hooks = HookPipeline(
         model,
         PrefetchFetcher(settings.fetch_timeout_seconds, settings.fetch_max_pages),

@@ -34,7 +34,7 @@ def main() -> None:
 )
 def serve(host: str, port: int, workers: int | None, threads: int, timeout: int, bind: str | None) -> None:
     """Run the service under gunicorn."""
-    from cds_service.app import pseudonym_key
+    from cds_service.app import audit_key, pseudonym_key
     from cds_service.db import make_engine, upgrade
     from cds_service.settings import SettingsError, load_settings
 
@@ -46,6 +46,7 @@ def serve(host: str, port: int, workers: int | None, threads: int, timeout: int,
     # once, before workers start: the schema and, on embedded defaults, the pseudonym key
     upgrade(make_engine(settings.effective_database_url))
     pseudonym_key(settings)
+    audit_key(settings)
     count = workers or 2 * (os.cpu_count() or 1)
     if count > 1 and not settings.redis_url:
         click.echo("warning: without SPINE_CDS_REDIS_URL, replayed JWTs are detected per worker only", err=True)

@@ -63,6 +63,13 @@ class Settings(BaseModel):
     fetch_max_pages: int = Field(10, ge=1, le=1000)
     snooze_days: int = Field(90, ge=0)
     pseudonym_key: str | None = None
+    # keys the decision-log hash chain and its anchors; kept outside the database like the pseudonym key
+    audit_key: str | None = None
+    # where chain heads are anchored outside the database (an append-only file of signed head records)
+    anchor_path: Path | None = None
+    retention_days: int = Field(6 * 366, ge=1)
+    # signs auditor session cookies
+    secret_key: str | None = None
     site: dict[str, Any] = Field(default_factory=dict)
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     log_level: str = "INFO"
@@ -95,6 +102,10 @@ class Settings(BaseModel):
         except ModelConfigError as exc:
             raise ValueError(str(exc)) from exc
         return value
+
+    @property
+    def effective_anchor_path(self) -> Path:
+        return self.anchor_path or self.instance_path / "anchors.ndjson"
 
     @property
     def effective_database_url(self) -> str:

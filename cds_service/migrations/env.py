@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from cds_service.db import Base
+from cds_service.models import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:

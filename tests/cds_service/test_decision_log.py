@@ -241,10 +241,14 @@ def test_a_retry_after_412_with_the_prefetch_gets_the_cards(running: RunningServ
     assert len(cards) == 1
 
     rows = log.decisions(hook_instance=body["hookInstance"])
-    assert [(r["outcome"], r["status_code"], r["card_uuids"]) for r in rows] == [("cards", 200, [cards[0]["uuid"]])]
+    # the log is append-only: the failed attempt stays, followed by the answered retry
+    assert [(r["outcome"], r["status_code"], r["card_uuids"]) for r in rows] == [
+        ("prefetch_unavailable", 412, []),
+        ("cards", 200, [cards[0]["uuid"]]),
+    ]
     # and the retry after that is idempotent again
     assert running.post(PATIENT_VIEW, retry).json() == {"cards": cards}
 
 
 def test_the_schema_was_created_by_alembic(running: RunningService, log: LogReader) -> None:
-    assert log.scalars("SELECT version_num FROM alembic_version") == ["0001"]
+    assert log.scalars("SELECT version_num FROM alembic_version") == ["0002"]

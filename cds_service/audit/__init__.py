@@ -1,0 +1,1 @@
+"""The tamper-evident decision log and what auditors use to read it."""

@@ -1,0 +1,204 @@
+"""The database schema and engine set-up. The schema is managed by Alembic (cds_service/migrations)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Decision(Base):
+    __tablename__ = "decisions"
+    # not unique: a failed call and its successful retry are both kept (the log is append-only)
+    __table_args__ = (Index("ix_decisions_service_instance", "service_id", "hook_instance"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    service_id: Mapped[str] = mapped_column(String(100))
+    hook: Mapped[str | None] = mapped_column(String(100))
+    hook_instance: Mapped[str | None] = mapped_column(String(200))
+    issuer: Mapped[str | None] = mapped_column(String(500))
+    tenant: Mapped[str | None] = mapped_column(String(200))
+    user_id: Mapped[str | None] = mapped_column(String(500))
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+    model_id: Mapped[str | None] = mapped_column(String(100))
+    model_version: Mapped[str | None] = mapped_column(String(50))
+    model_hash: Mapped[str | None] = mapped_column(String(80))
+    band: Mapped[str | None] = mapped_column(String(20))
+    outcome: Mapped[str] = mapped_column(String(40))
+    status_code: Mapped[int] = mapped_column(Integer)
+    card_uuids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    suggestion_uuids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    assessment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    cards: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    input_digest: Mapped[str | None] = mapped_column(String(80))
+    latency_ms: Mapped[float] = mapped_column(Float)
+
+
+class IssuedCard(Base):
+    """Which decision showed a card: feedback names cards by uuid only."""
+
+    __tablename__ = "issued_cards"
+
+    card_uuid: Mapped[str] = mapped_column(String(100), primary_key=True)
+    decision_id: Mapped[int] = mapped_column(ForeignKey("decisions.id"), index=True)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("card_uuid", "outcome", "outcome_timestamp", name="uq_feedback_item"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decision_id: Mapped[int] = mapped_column(ForeignKey("decisions.id"), index=True)
+    service_id: Mapped[str] = mapped_column(String(100))
+    card_uuid: Mapped[str] = mapped_column(String(100), index=True)
+    outcome: Mapped[str] = mapped_column(String(20))
+    outcome_timestamp: Mapped[str] = mapped_column(String(40))
+    accepted_suggestions: Mapped[list[str]] = mapped_column(JSON, default=list)
+    override_code: Mapped[str | None] = mapped_column(String(100))
+    override_system: Mapped[str | None] = mapped_column(String(200))
+    override_comment: Mapped[str | None] = mapped_column(String(2000))
+    issuer: Mapped[str | None] = mapped_column(String(500))
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+
+
+class AccessRecord(Base):
+    """An auditor's search or view: the audit trail is itself audited."""
+
+    __tablename__ = "access_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    username: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class LogEntry(Base):
+    """One link of the hash chain over decisions, feedback and auditor access, in append order."""
+
+    __tablename__ = "log_chain"
+    __table_args__ = (UniqueConstraint("kind", "entry_id", name="uq_log_chain_entry"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(20))
+    entry_id: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class Checkpoint(Base):
+    """A signed chain position kept when older entries are purged, so the rest still verifies."""
+
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    entry_hash: Mapped[str] = mapped_column(String(64))
+    purged_before: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    entries_purged: Mapped[int] = mapped_column(Integer)
+    mac: Mapped[str] = mapped_column(String(64))
+
+
+class Verification(Base):
+    """The outcome of a verification run, shown as the integrity badge."""
+
+    __tablename__ = "verifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    entries: Mapped[int] = mapped_column(Integer)
+    head_seq: Mapped[int | None] = mapped_column(BigInteger)
+    problem: Mapped[str | None] = mapped_column(String(2000))
+
+
+class User(Base):
+    """An auditor-side account; EHR callers never have one."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    username: Mapped[str] = mapped_column(String(200), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(300))
+    role: Mapped[str] = mapped_column(String(20))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # with WAL, NORMAL keeps the file consistent on power loss; production logs go to PostgreSQL
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+    # SQLAlchemy issues BEGIN itself (below), so the driver must not open transactions of its own
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # take the write lock up front: chain appends read the head and extend it in one serialised step
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False}, json_serializer=_json)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    # no pre-ping: it costs a round trip per request; a dropped connection fails one request and is replaced
+    return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, json_serializer=_json)
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
