@@ -90,6 +90,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     settings.instance_path.mkdir(parents=True, exist_ok=True)
     app = Flask(__name__, instance_path=str(settings.instance_path.resolve()))
     app.json = OrjsonProvider(app)
+    app.secret_key = instance_secret(settings, settings.secret_key, "session.key")
+    app.config.update(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=bool(settings.public_base_url and settings.public_base_url.startswith("https://")),
+        PERMANENT_SESSION_LIFETIME=8 * 3600,
+    )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     logging.getLogger("cds_service").setLevel(settings.log_level)
 
@@ -125,9 +132,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         redis=redis_client,
     )
     register_error_handlers(app)
+    from cds_service.audit import api, pages
     from cds_service.views import bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
     return app
 
 
