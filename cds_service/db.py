@@ -106,7 +106,9 @@ class DecisionLog:
             # parameters passed apart from the statement let SQLAlchemy reuse its compiled form
             decision_id = connection.execute(_INSERT_DECISION, values).scalar_one()
             if decision.card_uuids:
-                connection.execute(insert(IssuedCard), [{"card_uuid": u, "decision_id": decision_id} for u in decision.card_uuids])
+                connection.execute(
+                    insert(IssuedCard), [{"card_uuid": u, "decision_id": decision_id} for u in decision.card_uuids]
+                )
             chain.link(connection, self.audit_key, "decision", decision_id, {"id": decision_id, **values})
         decision.id = decision_id
         decision.created_at = values["created_at"]

@@ -198,7 +198,5 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-
-
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
