@@ -6,6 +6,7 @@ import os
 import sys
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -113,6 +114,93 @@ def evaluate(today: datetime | None, data_dir: Path | None) -> None:
     if failures:
         click.echo(f"\n{failures} profile(s) differ from their intended outcome", err=True)
         sys.exit(1)
+
+
+@main.group()
+def audit() -> None:
+    """Verify, anchor and purge the tamper-evident decision log."""
+
+
+def _audit_parts() -> tuple[Any, bytes, Any]:
+    from cds_service.app import audit_key
+    from cds_service.audit.chain import AnchorFile
+    from cds_service.db import make_engine, upgrade
+    from cds_service.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    upgrade(engine)
+    return engine, audit_key(settings), AnchorFile(settings.effective_anchor_path)
+
+
+def run_verification(engine: Any, key: bytes, anchors: Any) -> Any:
+    """Verify the log and record the outcome for the auditors' integrity badge."""
+    from sqlalchemy import insert
+
+    from cds_service.audit.chain import verify
+    from cds_service.models import Verification, utcnow
+
+    report = verify(engine, key, anchors)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(Verification).values(
+                created_at=utcnow(),
+                ok=report.ok,
+                entries=report.entries,
+                head_seq=report.head_seq,
+                problem=str(report.problem)[:2000] if report.problem else None,
+            )
+        )
+    return report
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Walk the chain, the rows and the anchors; exit 0 when intact, 1 naming the first broken entry."""
+    engine, key, anchors = _audit_parts()
+    report = run_verification(engine, key, anchors)
+    if report.ok:
+        since = f" (after the retention checkpoint at entry {report.checkpoint_seq})" if report.checkpoint_seq else ""
+        click.echo(
+            f"intact: {report.entries} entries{since}, head at entry {report.head_seq}, {report.anchors} anchor records checked"
+        )
+        return
+    click.echo(f"BROKEN: {report.problem}", err=True)
+    sys.exit(1)
+
+
+@audit.command("anchor")
+def audit_anchor() -> None:
+    """Record the chain head in the anchor file (outside the database)."""
+    from cds_service.audit.chain import anchor
+
+    engine, key, anchors = _audit_parts()
+    record = anchor(engine, key, anchors)
+    if record is None:
+        click.echo("the head is already anchored")
+    else:
+        click.echo(f"anchored entry {record['seq']} at {record['at']} in {anchors.path}")
+
+
+@audit.command("purge")
+@click.option(
+    "--before", type=click.DateTime(formats=["%Y-%m-%d"]), default=None, help="Default: now minus the retention period."
+)
+def audit_purge(before: datetime | None) -> None:
+    """Delete entries older than the retention period, keeping a signed checkpoint so the rest verifies."""
+    from datetime import UTC, timedelta
+
+    from cds_service.audit.chain import purge
+    from cds_service.settings import load_settings
+
+    engine, key, anchors = _audit_parts()
+    cutoff = before.replace(tzinfo=UTC) if before else datetime.now(UTC) - timedelta(days=load_settings().retention_days)
+    count = purge(engine, key, anchors, cutoff)
+    click.echo(f"purged {count} entries logged before {cutoff.isoformat()}")
 
 
 if __name__ == "__main__":

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, insert, select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import Table, delete, func, insert, select, text
+from sqlalchemy.engine import Connection, Engine
 
-from cds_service.models import AccessRecord, Checkpoint, Decision, Feedback, LogEntry
+from cds_service.models import AccessRecord, Checkpoint, Decision, Feedback, IssuedCard, LogEntry
 
 GENESIS = "0" * 64
 # advisory lock key for chain appends on PostgreSQL (any fixed 64-bit number, unique to this use)
@@ -104,3 +107,270 @@ def row_of(connection: Connection, kind: str, entry_id: int) -> dict[str, Any] |
     table = TABLES[kind]
     found = connection.execute(select(table).where(table.c.id == entry_id)).mappings().first()
     return dict(found) if found is not None else None
+
+
+# -- anchors: the chain head, recorded outside the database -------------------------------------
+
+
+@dataclass(frozen=True)
+class AnchorRecord:
+    line: int
+    kind: str
+    seq: int
+    entry_hash: str
+    at: str
+    valid: bool
+
+
+def anchor_mac(key: bytes, kind: str, seq: int, entry_hash_: str, at: str) -> str:
+    message = b"\x00".join([b"spine-cds/anchor/v1", kind.encode(), str(seq).encode(), entry_hash_.encode(), at.encode()])
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+class AnchorFile:
+    """An append-only file of keyed head records, one JSON object a line.
+
+    Keep it where the database's administrators cannot rewrite it (another volume, a WORM bucket
+    mount, a log shipper's input): cutting the chain's tail is detectable only against it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, key: bytes, kind: str, seq: int, entry_hash_: str) -> dict[str, Any]:
+        at = _timestamp(datetime.now(UTC))
+        record = {
+            "kind": kind,
+            "seq": seq,
+            "entry_hash": entry_hash_,
+            "at": at,
+            "mac": anchor_mac(key, kind, seq, entry_hash_, at),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(descriptor, orjson.dumps(record) + b"\n")
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        return record
+
+    def read(self, key: bytes) -> list[AnchorRecord]:
+        if not self.path.exists():
+            return []
+        records = []
+        for number, line in enumerate(self.path.read_bytes().splitlines(), start=1):
+            try:
+                raw = orjson.loads(line)
+                kind, seq, hash_, at = str(raw["kind"]), int(raw["seq"]), str(raw["entry_hash"]), str(raw["at"])
+                valid = hmac.compare_digest(anchor_mac(key, kind, seq, hash_, at), str(raw["mac"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                records.append(AnchorRecord(number, "?", -1, "", "", False))
+                continue
+            records.append(AnchorRecord(number, kind, seq, hash_, at, valid))
+        return records
+
+    def last_seq(self, key: bytes) -> int:
+        return max((r.seq for r in self.read(key) if r.valid), default=0)
+
+
+def anchor(engine: Engine, key: bytes, anchors: AnchorFile) -> dict[str, Any] | None:
+    """Record the current head outside the database, unless it is already recorded."""
+    with engine.connect() as connection:
+        seq, hash_ = head(connection)
+    if seq == 0 or seq <= anchors.last_seq(key):
+        return None
+    return anchors.append(key, "head", seq, hash_)
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+def purge(engine: Engine, key: bytes, anchors: AnchorFile, before: datetime) -> int:
+    """Delete entries older than `before` (and their rows), keeping the rest verifiable.
+
+    The newest purged entry's hash is kept as a keyed checkpoint, in the database and in the anchor
+    file; verification then starts from it. A decision that still has newer feedback is kept, with
+    everything after it, so no remaining row refers to a purged one.
+    """
+    with engine.begin() as connection:
+        lock(connection)
+        start = connection.execute(select(func.max(Checkpoint.seq))).scalar() or 0
+        first_kept = connection.execute(select(func.min(LogEntry.seq)).where(LogEntry.created_at >= before)).scalar()
+        last_seq, _ = head(connection)
+        cut = (first_kept - 1) if first_kept is not None else last_seq
+        while cut > start:
+            referenced = (
+                select(func.min(LogEntry.seq))
+                .join(Feedback, (LogEntry.kind == "decision") & (LogEntry.entry_id == Feedback.decision_id))
+                .where(Feedback.id.in_(select(LogEntry.entry_id).where(LogEntry.kind == "feedback", LogEntry.seq > cut)))
+            )
+            oldest_needed = connection.execute(referenced).scalar()
+            if oldest_needed is None or oldest_needed > cut:
+                break
+            cut = oldest_needed - 1
+        if cut <= start:
+            return 0
+        cut_hash = connection.execute(select(LogEntry.entry_hash).where(LogEntry.seq == cut)).scalar_one()
+        purged = {kind: select(LogEntry.entry_id).where(LogEntry.kind == kind, LogEntry.seq <= cut) for kind in TABLES}
+        connection.execute(delete(IssuedCard).where(IssuedCard.decision_id.in_(purged["decision"])))
+        for kind in ("feedback", "access", "decision"):
+            table = TABLES[kind]
+            connection.execute(delete(table).where(table.c.id.in_(purged[kind])))
+        count = connection.execute(delete(LogEntry).where(LogEntry.seq <= cut)).rowcount
+        connection.execute(
+            insert(Checkpoint).values(
+                created_at=datetime.now(UTC),
+                seq=cut,
+                entry_hash=cut_hash,
+                purged_before=before,
+                entries_purged=count,
+                mac=checkpoint_mac(key, cut, cut_hash, before),
+            )
+        )
+    anchors.append(key, "checkpoint", cut, cut_hash)
+    return int(count)
+
+
+# -- verification -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The first thing found wrong: which entry, and how the log was changed."""
+
+    what: str  # edited | deleted | reordered | inserted | truncated
+    detail: str
+    seq: int | None = None
+    kind: str | None = None
+    entry_id: int | None = None
+
+    def __str__(self) -> str:
+        where = f"entry {self.seq}" if self.seq is not None else "the log"
+        if self.kind is not None and self.entry_id is not None:
+            where += f" ({self.kind} {self.entry_id})"
+        return f"{where}: {self.what}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Report:
+    entries: int
+    first_seq: int | None
+    head_seq: int | None
+    head_hash: str | None
+    anchors: int
+    checkpoint_seq: int | None
+    problem: Problem | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def checkpoint_mac(key: bytes, seq: int, entry_hash_: str, purged_before: datetime) -> str:
+    message = b"\x00".join(
+        [b"spine-cds/checkpoint/v1", str(seq).encode(), entry_hash_.encode(), _timestamp(purged_before).encode()]
+    )
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _rows(connection: Connection, kind: str, ids: list[int]) -> dict[int, dict[str, Any]]:
+    if not ids:
+        return {}
+    table = TABLES[kind]
+    found = connection.execute(select(table).where(table.c.id.in_(ids))).mappings()
+    return {int(row["id"]): dict(row) for row in found}
+
+
+def _walk(
+    connection: Connection, key: bytes, start_seq: int, start_hash: str, batch: int
+) -> tuple[int, int, str, Problem | None]:
+    """Walk the chain after `start_seq`; returns (entries, last seq, last hash, first problem)."""
+    position, prev, count = start_seq, start_hash, 0
+    while True:
+        entries = connection.execute(select(LogEntry).where(LogEntry.seq > position).order_by(LogEntry.seq).limit(batch)).all()
+        if not entries:
+            return count, position, prev, None
+        by_kind: dict[str, list[int]] = {}
+        for entry in entries:
+            by_kind.setdefault(entry.kind, []).append(entry.entry_id)
+        rows = {kind: _rows(connection, kind, ids) for kind, ids in by_kind.items() if kind in TABLES}
+        for entry in entries:
+            where = {"seq": entry.seq, "kind": entry.kind, "entry_id": entry.entry_id}
+            if entry.seq != position + 1:
+                missing = f"entry {position + 1}" if entry.seq == position + 2 else f"entries {position + 1} to {entry.seq - 1}"
+                return count, position, prev, Problem("deleted", f"{missing} of the chain are missing", seq=position + 1)
+            row = rows.get(entry.kind, {}).get(entry.entry_id)
+            if row is None:
+                return count, position, prev, Problem("deleted", f"the {entry.kind} row it records is missing", **where)
+            row_matches = payload_hash(row) == entry.payload_hash
+            if entry_hash(key, entry.kind, entry.entry_id, entry.payload_hash, entry.prev_hash) != entry.entry_hash:
+                if row_matches:  # the row was edited and its recorded hash rewritten to match
+                    problem = Problem("edited", "the entry was rewritten (its keyed hash is invalid)", **where)
+                else:
+                    problem = Problem(
+                        "inserted", "the entry was not written by this service (its keyed hash is invalid)", **where
+                    )
+                return count, position, prev, problem
+            if not row_matches:
+                return count, position, prev, Problem("edited", f"the {entry.kind} row was changed after it was logged", **where)
+            if entry.prev_hash != prev:
+                other = connection.execute(select(LogEntry.seq).where(LogEntry.entry_hash == entry.prev_hash)).scalar()
+                if other is not None:
+                    detail = f"it follows entry {other} in the chain but stands at position {entry.seq}"
+                    return count, position, prev, Problem("reordered", detail, **where)
+                return count, position, prev, Problem("deleted", "the entry it was linked to is missing", **where)
+            position, prev, count = entry.seq, entry.entry_hash, count + 1
+
+
+def verify(engine: Engine, key: bytes, anchors: AnchorFile | None = None, batch: int = 2000) -> Report:
+    """Walk the checkpoints, the chain, the rows and the anchors; report the first problem found."""
+    with engine.connect() as connection:
+        start_seq, start_hash, checkpoint_seq = 0, GENESIS, None
+        for checkpoint in connection.execute(select(Checkpoint).order_by(Checkpoint.seq)).all():
+            if checkpoint_mac(key, checkpoint.seq, checkpoint.entry_hash, checkpoint.purged_before) != checkpoint.mac:
+                forged = Problem("edited", f"the retention checkpoint at entry {checkpoint.seq} is not valid", seq=checkpoint.seq)
+                return Report(0, None, None, None, 0, None, forged)
+            start_seq, start_hash, checkpoint_seq = checkpoint.seq, checkpoint.entry_hash, checkpoint.seq
+        count, head_seq, head_hash, problem = _walk(connection, key, start_seq, start_hash, batch)
+        first = start_seq + 1 if count else None
+        anchor_count = 0
+        if problem is None and anchors is not None:
+            for record in anchors.read(key):
+                anchor_count += 1
+                if not record.valid:
+                    problem = Problem("edited", f"anchor line {record.line} is not valid (the anchor file was changed)")
+                    break
+                if record.seq <= start_seq:
+                    continue
+                if record.seq > head_seq:
+                    problem = Problem(
+                        "truncated",
+                        f"the chain ends at entry {head_seq}, but entry {record.seq} was anchored at {record.at}",
+                        seq=head_seq + 1,
+                    )
+                    break
+                anchored = connection.execute(select(LogEntry.entry_hash).where(LogEntry.seq == record.seq)).scalar()
+                if anchored != record.entry_hash:
+                    problem = Problem(
+                        "edited", f"entry {record.seq} differs from the one anchored at {record.at}", seq=record.seq
+                    )
+                    break
+        if problem is None:
+            for kind, table in TABLES.items():
+                chained = select(LogEntry.entry_id).where(LogEntry.kind == kind)
+                stray = connection.execute(
+                    select(table.c.id).where(table.c.id.not_in(chained)).order_by(table.c.id).limit(1)
+                ).scalar()
+                if stray is not None:
+                    problem = Problem("inserted", f"{kind} {stray} is in the log but not in the chain", kind=kind, entry_id=stray)
+                    break
+    return Report(
+        count,
+        first,
+        head_seq if count or checkpoint_seq else None,
+        head_hash if count else None,
+        anchor_count,
+        checkpoint_seq,
+        problem,
+    )

@@ -1,0 +1,1 @@
+"""The auditor API and pages."""

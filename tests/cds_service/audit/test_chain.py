@@ -1,0 +1,274 @@
+"""The tamper-evident log: every kind of tampering is caught and the right entry is named."""
+
+from __future__ import annotations
+
+import multiprocessing
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from cds_service.audit.chain import AnchorFile, anchor, payload_hash, purge, row_of, verify
+from cds_service.cli import main
+from cds_service.db import Decision, DecisionLog, Feedback, make_engine, upgrade
+
+KEY = b"test-audit-key"
+
+
+def decision(number: int, **values: object) -> Decision:
+    row = Decision(
+        service_id="spine-knee-patient-view",
+        hook="patient-view",
+        hook_instance=str(uuid.uuid4()),
+        issuer="https://ehr.example.org",
+        user_id="Practitioner/dr-1",
+        patient_pseudonym=f"{number:064x}",
+        model_id="spine-origin-knee-pain",
+        model_version="1.0.0",
+        model_hash="sha256:" + "0" * 64,
+        band="likely",
+        outcome="cards",
+        status_code=200,
+        card_uuids=[str(uuid.uuid4())],
+        suggestion_uuids=[str(uuid.uuid4())],
+        assessment={"score": 3.2, "findings": [{"signal": "lumbar_radiculopathy", "references": [f"Condition/{number}"]}]},
+        cards=[{"summary": "Knee pain may be referred from the lumbar spine: consider spine evaluation"}],
+        input_digest="hmac-sha256:" + "1" * 64,
+        latency_ms=4.25 + number,
+    )
+    for name, value in values.items():
+        setattr(row, name, value)
+    return row
+
+
+def feedback_for(logged: Decision) -> Feedback:
+    return Feedback(
+        decision_id=logged.id,
+        service_id=logged.service_id,
+        card_uuid=logged.card_uuids[0],
+        outcome="overridden",
+        outcome_timestamp="2026-11-24T10:00:00Z",
+        accepted_suggestions=[],
+        override_code="patient-declines",
+        override_system="urn:spine-cds:override-reason",
+        override_comment="Prefers to wait",
+        issuer=logged.issuer,
+        patient_pseudonym=logged.patient_pseudonym,
+    )
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    upgrade(engine)
+    tables = "log_chain, checkpoints, verifications, issued_cards, feedback, access_log, decisions"
+    with engine.begin() as connection:  # the PostgreSQL database is shared by the session: start empty
+        if engine.dialect.name == "postgresql":
+            connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
+        else:
+            for table in tables.split(", "):
+                connection.execute(text(f"DELETE FROM {table}"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def anchors(tmp_path: Path) -> AnchorFile:
+    return AnchorFile(tmp_path / "anchors.ndjson")
+
+
+@pytest.fixture
+def log(engine: Engine) -> DecisionLog:
+    """Entries 1-6 are decisions 1-6, entry 7 feedback on decision 2, entry 8 an auditor's search."""
+    decision_log = DecisionLog(engine, b"pseudonym-key", KEY)
+    logged = [decision_log.append(decision(n)) for n in range(1, 7)]
+    assert decision_log.add_feedback(feedback_for(logged[1]))
+    decision_log.record_access("auditor-1", "page.search", {"band": "likely"})
+    return decision_log
+
+
+def sql(engine: Engine, *statements: str) -> None:
+    with engine.begin() as connection:
+        for statement in statements:
+            connection.execute(text(statement))
+
+
+def test_an_untouched_log_verifies(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    assert anchor(engine, KEY, anchors) is not None
+    report = verify(engine, KEY, anchors)
+    assert report.ok, report.problem
+    assert (report.entries, report.first_seq, report.head_seq, report.anchors) == (8, 1, 8, 1)
+
+
+def test_editing_a_field_through_sql_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    sql(engine, "UPDATE decisions SET band = 'unlikely' WHERE id = 3")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None
+    assert (problem.what, problem.seq, problem.kind, problem.entry_id) == ("edited", 3, "decision", 3)
+
+
+def test_editing_feedback_or_access_rows_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    sql(engine, "UPDATE feedback SET override_comment = 'no comment'")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and (problem.what, problem.seq, problem.kind) == ("edited", 7, "feedback")
+    sql(engine, "UPDATE feedback SET override_comment = 'Prefers to wait'", "UPDATE access_log SET username = 'someone-else'")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and (problem.what, problem.seq, problem.kind) == ("edited", 8, "access")
+
+
+def test_deleting_an_entry_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    sql(
+        engine,
+        "DELETE FROM issued_cards WHERE decision_id = 4",
+        "DELETE FROM log_chain WHERE kind = 'decision' AND entry_id = 4",
+        "DELETE FROM decisions WHERE id = 4",
+    )
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None
+    assert (problem.what, problem.seq) == ("deleted", 4)
+    assert "entry 4 of the chain" in problem.detail
+
+
+def test_deleting_only_the_row_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    sql(engine, "DELETE FROM issued_cards WHERE decision_id = 5", "DELETE FROM decisions WHERE id = 5")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and (problem.what, problem.seq, problem.entry_id) == ("deleted", 5, 5)
+
+
+def test_swapping_two_entries_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    sql(
+        engine,
+        "UPDATE log_chain SET seq = -1 WHERE seq = 2",
+        "UPDATE log_chain SET seq = 2 WHERE seq = 3",
+        "UPDATE log_chain SET seq = 3 WHERE seq = -1",
+    )
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None
+    assert (problem.what, problem.seq, problem.entry_id) == ("reordered", 2, 3)
+
+
+def test_inserting_a_row_outside_the_chain_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    sql(
+        engine,
+        "INSERT INTO decisions (id, created_at, service_id, outcome, status_code, card_uuids, suggestion_uuids, cards,"
+        " latency_ms) VALUES (99, '2026-11-24 10:00:00', 'spine-knee-patient-view', 'cards', 200, '[]', '[]', '[]', 1.0)",
+    )
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and (problem.what, problem.kind, problem.entry_id) == ("inserted", "decision", 99)
+
+
+def test_inserting_a_forged_chain_entry_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    with engine.connect() as connection:
+        head = connection.execute(text("SELECT entry_hash FROM log_chain WHERE seq = 8")).scalar_one()
+    sql(
+        engine,
+        "INSERT INTO decisions (id, created_at, service_id, outcome, status_code, card_uuids, suggestion_uuids, cards,"
+        " latency_ms) VALUES (99, '2026-11-24 10:00:00', 'spine-knee-patient-view', 'no-card', 200, '[]', '[]', '[]', 1.0)",
+        "INSERT INTO log_chain (seq, kind, entry_id, created_at, payload_hash, prev_hash, entry_hash)"
+        f" VALUES (9, 'decision', 99, '2026-11-24 10:00:00', '{'a' * 64}', '{head}', '{'b' * 64}')",
+    )
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and (problem.what, problem.seq, problem.entry_id) == ("inserted", 9, 99)
+
+
+def test_rewriting_a_row_and_its_recorded_hash_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    sql(engine, "UPDATE decisions SET band = 'possible' WHERE id = 2")
+    with engine.connect() as connection:
+        row = row_of(connection, "decision", 2)
+    assert row is not None
+    sql(engine, f"UPDATE log_chain SET payload_hash = '{payload_hash(row)}' WHERE seq = 2")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and (problem.what, problem.seq) == ("edited", 2)
+
+
+def test_cutting_the_tail_is_caught_against_the_anchor(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    anchor(engine, KEY, anchors)
+    sql(
+        engine,
+        "DELETE FROM log_chain WHERE seq >= 7",
+        "DELETE FROM feedback",
+        "DELETE FROM access_log",
+    )
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None
+    assert (problem.what, problem.seq) == ("truncated", 7)
+    assert "entry 8 was anchored" in problem.detail
+
+
+def test_an_edited_anchor_file_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    anchor(engine, KEY, anchors)
+    anchors.path.write_text(anchors.path.read_text().replace('"seq":8', '"seq":80'))
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and problem.what == "edited" and "anchor line 1" in problem.detail
+
+
+def test_purging_keeps_the_rest_verifiable_and_a_removed_checkpoint_is_caught(
+    log: DecisionLog, engine: Engine, anchors: AnchorFile
+) -> None:
+    old = datetime.now(UTC) - timedelta(days=3000)
+    sql(engine, f"UPDATE log_chain SET created_at = '{old:%Y-%m-%d %H:%M:%S}' WHERE seq <= 4")
+    # decision 2 has feedback at entry 7, so the purge stops before it: only entry 1 goes
+    assert purge(engine, KEY, anchors, datetime.now(UTC) - timedelta(days=2000)) == 1
+    report = verify(engine, KEY, anchors)
+    assert report.ok, report.problem
+    assert (report.checkpoint_seq, report.first_seq, report.entries) == (1, 2, 7)
+    log.append(decision(7))  # appends continue after a purge
+    assert verify(engine, KEY, anchors).ok
+    sql(engine, "DELETE FROM checkpoints")
+    problem = verify(engine, KEY, AnchorFile(anchors.path.with_name("elsewhere.ndjson"))).problem
+    assert problem is not None and (problem.what, problem.seq) == ("deleted", 1)
+
+
+def test_cli_verify_exits_0_when_intact_and_1_naming_the_entry(
+    log: DecisionLog, engine: Engine, tmp_path: Path, database_url: str
+) -> None:
+    env = {
+        "SPINE_CDS_DATABASE_URL": database_url,
+        "SPINE_CDS_AUDIT_KEY": KEY.decode(),
+        "SPINE_CDS_INSTANCE_PATH": str(tmp_path / "instance"),
+        "SPINE_CDS_ANCHOR_PATH": str(tmp_path / "anchors.ndjson"),
+    }
+    runner = CliRunner()
+    anchored = runner.invoke(main, ["audit", "anchor"], env=env)
+    assert anchored.exit_code == 0 and "anchored entry 8" in anchored.output
+    intact = runner.invoke(main, ["audit", "verify"], env=env)
+    assert intact.exit_code == 0, intact.output
+    assert "intact: 8 entries" in intact.output
+    sql(engine, "UPDATE decisions SET outcome = 'no-card' WHERE id = 6")
+    broken = runner.invoke(main, ["audit", "verify"], env=env)
+    assert broken.exit_code == 1
+    assert "entry 6 (decision 6): edited" in broken.output
+    with engine.connect() as connection:
+        badges = connection.execute(text("SELECT ok FROM verifications ORDER BY id")).scalars().all()
+    assert [bool(b) for b in badges] == [True, False]
+
+
+def _append_many(database_url: str, worker: int, count: int) -> None:
+    engine = make_engine(database_url)
+    decision_log = DecisionLog(engine, b"pseudonym-key", KEY)
+    for n in range(count):
+        logged = decision_log.append(decision(worker * 1000 + n))
+        if n % 5 == 0:
+            decision_log.add_feedback(feedback_for(logged))
+    engine.dispose()
+
+
+def test_four_processes_appending_at_once_leave_one_gapless_chain(engine: Engine, database_url: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_many, args=(database_url, w, 40)) for w in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=300)
+    assert [p.exitcode for p in workers] == [0, 0, 0, 0]
+    report = verify(engine, KEY)
+    assert report.ok, report.problem
+    assert report.entries == 4 * (40 + 8)
+    with engine.connect() as connection:
+        seqs = connection.execute(text("SELECT seq FROM log_chain ORDER BY seq")).scalars().all()
+    assert seqs == list(range(1, 4 * 48 + 1))
