@@ -137,32 +137,13 @@ def _audit_parts() -> tuple[Any, bytes, Any]:
     return engine, audit_key(settings), AnchorFile(settings.effective_anchor_path)
 
 
-def run_verification(engine: Any, key: bytes, anchors: Any) -> Any:
-    """Verify the log and record the outcome for the auditors' integrity badge."""
-    from sqlalchemy import insert
-
-    from cds_service.audit.chain import verify
-    from cds_service.models import Verification, utcnow
-
-    report = verify(engine, key, anchors)
-    with engine.begin() as connection:
-        connection.execute(
-            insert(Verification).values(
-                created_at=utcnow(),
-                ok=report.ok,
-                entries=report.entries,
-                head_seq=report.head_seq,
-                problem=str(report.problem)[:2000] if report.problem else None,
-            )
-        )
-    return report
-
-
 @audit.command("verify")
 def audit_verify() -> None:
     """Walk the chain, the rows and the anchors; exit 0 when intact, 1 naming the first broken entry."""
+    from cds_service.audit.chain import verify_and_record
+
     engine, key, anchors = _audit_parts()
-    report = run_verification(engine, key, anchors)
+    report = verify_and_record(engine, key, anchors)
     if report.ok:
         since = f" (after the retention checkpoint at entry {report.checkpoint_seq})" if report.checkpoint_seq else ""
         click.echo(
@@ -201,6 +182,167 @@ def audit_purge(before: datetime | None) -> None:
     cutoff = before.replace(tzinfo=UTC) if before else datetime.now(UTC) - timedelta(days=load_settings().retention_days)
     count = purge(engine, key, anchors, cutoff)
     click.echo(f"purged {count} entries logged before {cutoff.isoformat()}")
+
+
+@main.group()
+def users() -> None:
+    """Auditor accounts for the /audit pages and API."""
+
+
+@users.command("add")
+@click.argument("username")
+@click.option("--role", default="auditor", show_default=True, help="The account's role (auditors read the decision log only).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead of prompting.")
+def users_add(username: str, role: str, password_stdin: bool) -> None:
+    """Add an account USERNAME; the password is asked for twice (or read from stdin)."""
+    from cds_service.audit.accounts import ROLES, AccountError, add_user
+    from cds_service.db import make_engine, upgrade
+    from cds_service.settings import SettingsError, load_settings
+
+    if role not in ROLES:
+        raise click.ClickException(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+    if password_stdin:
+        password = click.get_text_stream("stdin").read().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    settings.instance_path.mkdir(parents=True, exist_ok=True)  # the default SQLite database lives there
+    engine = make_engine(settings.effective_database_url)
+    try:
+        upgrade(engine)
+        add_user(engine, username, password, role)
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(f"Added {role} {username.strip()!r}.")
+
+
+@main.group()
+def population() -> None:
+    """Score whole populations from FHIR Bulk Data exports."""
+
+
+def _population_parts() -> tuple[Any, Any]:
+    from cds_service.db import make_engine, upgrade
+    from cds_service.settings import SettingsError, load_settings
+    from worker.celery_app import make_celery
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    upgrade(engine)
+    celery = make_celery(settings)
+    celery.set_current()
+    celery.set_default()
+    return settings, engine
+
+
+def _follow(engine: Any, job_id: str, runner: Any = None) -> dict[str, Any]:
+    """Show a progress bar until the job ends; `runner` runs the job in this process (no Redis)."""
+    import threading
+    import time as clock
+
+    from worker import population as jobs
+
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runner()
+        except BaseException as exc:  # reported below, after the bar
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True) if runner else None
+    if thread:
+        thread.start()
+    with click.progressbar(length=1, label="scoring", show_pos=True, item_show_func=lambda s: s) as bar:
+        while True:
+            current = jobs.job(engine, job_id) or {}
+            total = max(1, current.get("chunks_total") or 1)
+            bar.length = total
+            bar.update(current.get("chunks_done", 0) - bar.pos, f"{current.get('patients_scored', 0)} patients")
+            if current.get("status") in ("done", "failed") or (thread and not thread.is_alive()):
+                break
+            clock.sleep(0.2)  # a progress display refresh, not synchronisation
+    if thread:
+        thread.join()
+    if failure:
+        raise click.ClickException(f"the job failed: {failure[0]}")
+    return jobs.job(engine, job_id) or {}
+
+
+def _report(settings: Any, job: dict[str, Any]) -> None:
+    from worker import population as jobs
+
+    click.echo(
+        f"job {job['id']}: {job['status']}; {job['patients_scored']} patients scored, {job['patients_failed']} failed, "
+        f"{job['worklisted']} on the worklist"
+    )
+    if job.get("error"):
+        click.echo(f"error: {job['error']}", err=True)
+    if job["status"] == "done":
+        folder = jobs.job_dir(settings.instance_path, job["id"])
+        click.echo(f"worklist: {folder / 'worklist.csv'} and {folder / 'worklist.ndjson'}")
+
+
+@population.command("score")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), default=None, help="Assess as of this date.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the job with a progress bar.")
+def population_score(path: Path, today: datetime | None, wait: bool) -> None:
+    """Score every patient of a Bulk Data export directory (NDJSON, possibly split and gzipped)."""
+    from hooks.model import load_model
+    from worker import population as jobs
+    from worker.tasks import split_job
+
+    settings, engine = _population_parts()
+    model = load_model(site=settings.site)
+    job_id = jobs.create_job(engine, model, str(path.resolve()), (today.date() if today else date.today()))
+    click.echo(f"job {job_id} created for {path}")
+    eager = not settings.redis_url
+    if eager:
+        _report(settings, _follow(engine, job_id, runner=lambda: split_job.delay(job_id, str(path.resolve()))))
+        return
+    split_job.delay(job_id, str(path.resolve()))  # after the job row is committed
+    if wait:
+        _report(settings, _follow(engine, job_id))
+
+
+@population.command("status")
+@click.argument("job_id")
+def population_status(job_id: str) -> None:
+    """Show a job's status and counts."""
+    from worker import population as jobs
+
+    settings, engine = _population_parts()
+    found = jobs.job(engine, job_id)
+    if found is None:
+        raise click.ClickException(f"no job {job_id}")
+    _report(settings, found)
+
+
+@population.command("resume")
+@click.argument("job_id")
+def population_resume(job_id: str) -> None:
+    """Pick an interrupted job up where it stopped (chunks already scored are not scored again)."""
+    from worker import population as jobs
+    from worker.tasks import resume
+
+    settings, engine = _population_parts()
+    if jobs.job(engine, job_id) is None:
+        raise click.ClickException(f"no job {job_id}")
+    if settings.redis_url:
+        resume(job_id)
+        _report(settings, _follow(engine, job_id))
+    else:
+        _report(settings, _follow(engine, job_id, runner=lambda: resume(job_id)))
 
 
 if __name__ == "__main__":

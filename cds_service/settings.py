@@ -70,6 +70,14 @@ class Settings(BaseModel):
     retention_days: int = Field(6 * 366, ge=1)
     # signs auditor session cookies
     secret_key: str | None = None
+    # population scoring: patients per task, and how long Redis waits before redelivering an
+    # unacknowledged task (longer than the longest task, or it runs twice)
+    population_chunk_size: int = Field(250, ge=1, le=100_000)
+    worker_visibility_timeout: int = Field(7200, ge=1)
+    # periodic work (celery beat), in seconds
+    verify_interval_seconds: int = Field(3600, ge=10)
+    purge_interval_seconds: int = Field(86400, ge=60)
+    stale_job_seconds: int = Field(6 * 3600, ge=60)
     site: dict[str, Any] = Field(default_factory=dict)
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     log_level: str = "INFO"

@@ -251,4 +251,4 @@ def test_a_retry_after_412_with_the_prefetch_gets_the_cards(running: RunningServ
 
 
 def test_the_schema_was_created_by_alembic(running: RunningService, log: LogReader) -> None:
-    assert log.scalars("SELECT version_num FROM alembic_version") == ["0002"]
+    assert log.scalars("SELECT version_num FROM alembic_version") == ["0003"]

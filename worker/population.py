@@ -1,0 +1,336 @@
+"""Scoring a FHIR Bulk Data export, patient by patient, without holding the export in memory.
+
+1. split: stream every NDJSON file (plain or gzipped, one resource type per file, possibly several
+   files per type) once, and append each line to one of N partition files chosen by a stable hash of
+   its patient id. A partition holds a few hundred patients.
+2. score: each partition is one chunk: its lines are grouped by patient in memory and every patient is
+   assessed with the same `hooks` code the web service uses. The chunk's assessments, its status and
+   the job's counters are written in one transaction that only a pending chunk can take, so a chunk
+   redelivered after a crash changes nothing the second time: every patient is scored exactly once.
+3. finish: write the worklist (CSV and NDJSON) of eligible `possible` and `likely` patients who have no
+   spine referral or recent lumbar MRI.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import re
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from cds_service.models import PopulationAssessment, PopulationChunk, PopulationJob, utcnow
+from hooks.assessment import Assessor
+from hooks.fhir import RecordReader
+from hooks.model import Model
+
+# the patient a resource belongs to, read from the raw line without parsing the JSON
+_SUBJECT = re.compile(rb'"(?:subject|patient)"\s*:\s*\{[^{}]*?"reference"\s*:\s*"(?:[^"]*/)?Patient/([^"/]+)"')
+_PATIENT = re.compile(rb'^\s*\{[^{}]*?"resourceType"\s*:\s*"Patient"')
+
+
+class JobError(RuntimeError):
+    """A job that cannot go on (no export files, unreadable input)."""
+
+
+def job_dir(root: Path, job_id: str) -> Path:
+    return root / "population" / job_id
+
+
+def export_files(path: Path) -> list[Path]:
+    """The NDJSON files of an export directory (or a single file), sorted for a stable order."""
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.name.endswith((".ndjson", ".ndjson.gz")) and not p.name.startswith("log."))
+    if not files:
+        raise JobError(f"no .ndjson or .ndjson.gz files in {path}")
+    return files
+
+
+def _open(path: Path) -> IO[bytes]:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]  # GzipFile reads bytes
+    return path.open("rb")
+
+
+def patient_of(line: bytes) -> str | None:
+    if _PATIENT.match(line):
+        resource = orjson.loads(line)
+        resource_id = resource.get("id") if isinstance(resource, dict) else None
+        return resource_id if isinstance(resource_id, str) else None
+    found = _SUBJECT.search(line)
+    if found:
+        return found.group(1).decode()
+    return None
+
+
+def partition_of(patient_id: str, partitions: int) -> int:
+    return zlib.crc32(patient_id.encode()) % partitions
+
+
+def count_patients(files: list[Path]) -> int:
+    total = 0
+    for path in files:
+        if path.name.startswith("Patient"):
+            with _open(path) as lines:
+                total += sum(1 for line in lines if line.strip())
+    return total
+
+
+def split(files: list[Path], out: Path, partitions: int) -> dict[str, int]:
+    """Route every line to its patient's partition file (`part-00001.ndjson`: `patient-id TAB line`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    handles = [(out / f"part-{n:05d}.ndjson.tmp").open("wb") for n in range(partitions)]
+    counts = {"lines": 0, "without_patient": 0, "unreadable": 0}
+    try:
+        for path in files:
+            with _open(path) as lines:
+                for line in lines:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    counts["lines"] += 1
+                    try:
+                        patient = patient_of(line)
+                    except orjson.JSONDecodeError:
+                        counts["unreadable"] += 1
+                        continue
+                    if patient is None:
+                        counts["without_patient"] += 1
+                        continue
+                    handles[partition_of(patient, partitions)].write(patient.encode() + b"\t" + line + b"\n")
+    finally:
+        for handle in handles:
+            handle.close()
+    # renamed only when complete, so a split interrupted half-way is redone, not trusted
+    for n in range(partitions):
+        (out / f"part-{n:05d}.ndjson.tmp").replace(out / f"part-{n:05d}.ndjson")
+    return counts
+
+
+def _patients(part: Path) -> Iterator[tuple[str, list[bytes]]]:
+    grouped: dict[str, list[bytes]] = {}
+    with part.open("rb") as lines:
+        for line in lines:
+            patient, _, resource = line.rstrip(b"\n").partition(b"\t")
+            grouped.setdefault(patient.decode(), []).append(resource)
+    yield from grouped.items()
+
+
+def assess_partition(model: Model, part: Path, today: date, chunk: int, job_id: str) -> list[dict[str, Any]]:
+    """One row per patient; a patient whose record breaks the reader is reported, not retried."""
+    assessor = Assessor(model)
+    rows: list[dict[str, Any]] = []
+    for patient_id, lines in _patients(part):
+        base = {"job_id": job_id, "chunk": chunk, "patient_id": patient_id[:200]}
+        try:
+            reader = RecordReader(model, patient_id)
+            for line in lines:
+                reader.add_ndjson_line(line)
+            assessment = assessor.assess(reader.record, today)
+        except Exception as exc:  # one bad record must not stop the chunk
+            rows.append({**base, "status": "error", "worklist": False, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+            continue
+        rows.append(
+            {
+                **base,
+                "status": "scored",
+                "eligible": assessment.eligible,
+                "band": assessment.band,
+                "score": assessment.score,
+                "suppressed": assessment.suppressed,
+                "worklist": assessment.actionable,
+                "assessment": assessment.to_dict(),
+            }
+        )
+    return rows
+
+
+# -- the job's state in the database ------------------------------------------------------------
+
+
+def create_job(engine: Engine, model: Model, source: str, today: date) -> str:
+    job_id = str(uuid.uuid4())
+    with engine.begin() as connection:
+        connection.execute(
+            insert(PopulationJob).values(
+                id=job_id,
+                created_at=utcnow(),
+                updated_at=utcnow(),
+                source=source[:2000],
+                status="splitting",
+                chunks_total=0,
+                chunks_done=0,
+                patients_scored=0,
+                patients_failed=0,
+                worklisted=0,
+                model_id=model.id,
+                model_version=model.version,
+                model_hash=model.hash,
+                as_of=today.isoformat(),
+            )
+        )
+    return job_id
+
+
+def job(engine: Engine, job_id: str) -> dict[str, Any] | None:
+    with engine.connect() as connection:
+        row = connection.execute(select(PopulationJob).where(PopulationJob.id == job_id)).first()
+    return dict(row._mapping) if row else None
+
+
+def set_status(connection: Connection, job_id: str, status: str, **values: Any) -> None:
+    connection.execute(
+        update(PopulationJob).where(PopulationJob.id == job_id).values(status=status, updated_at=utcnow(), **values)
+    )
+
+
+def register_chunks(engine: Engine, job_id: str, partitions: int) -> None:
+    with engine.begin() as connection:
+        existing = connection.execute(select(func.count()).where(PopulationChunk.job_id == job_id)).scalar_one()
+        if not existing:
+            connection.execute(
+                insert(PopulationChunk),
+                [
+                    {"job_id": job_id, "number": n, "status": "pending", "patients": 0, "attempts": 0, "updated_at": utcnow()}
+                    for n in range(partitions)
+                ],
+            )
+        set_status(connection, job_id, "scoring", chunks_total=partitions)
+
+
+def pending_chunks(engine: Engine, job_id: str) -> list[int]:
+    with engine.connect() as connection:
+        return list(
+            connection.execute(
+                select(PopulationChunk.number)
+                .where(PopulationChunk.job_id == job_id, PopulationChunk.status == "pending")
+                .order_by(PopulationChunk.number)
+            ).scalars()
+        )
+
+
+def record_chunk(engine: Engine, job_id: str, chunk: int, rows: list[dict[str, Any]]) -> bool:
+    """Store a chunk's assessments once. False when the chunk was already done (a redelivery)."""
+    with engine.begin() as connection:
+        taken = connection.execute(
+            update(PopulationChunk)
+            .where(PopulationChunk.job_id == job_id, PopulationChunk.number == chunk, PopulationChunk.status == "pending")
+            .values(status="done", patients=len(rows), attempts=PopulationChunk.attempts + 1, updated_at=utcnow())
+        ).rowcount
+        if not taken:
+            return False
+        if rows:
+            connection.execute(insert(PopulationAssessment), rows)
+        connection.execute(
+            update(PopulationJob)
+            .where(PopulationJob.id == job_id)
+            .values(
+                chunks_done=PopulationJob.chunks_done + 1,
+                patients_scored=PopulationJob.patients_scored + sum(1 for r in rows if r["status"] == "scored"),
+                patients_failed=PopulationJob.patients_failed + sum(1 for r in rows if r["status"] == "error"),
+                updated_at=utcnow(),
+            )
+        )
+    return True
+
+
+def claim_finish(engine: Engine, job_id: str) -> bool:
+    """Only one caller moves a fully scored job on to writing its worklist."""
+    with engine.begin() as connection:
+        return bool(
+            connection.execute(
+                update(PopulationJob)
+                .where(
+                    PopulationJob.id == job_id,
+                    PopulationJob.status == "scoring",
+                    PopulationJob.chunks_done == PopulationJob.chunks_total,
+                )
+                .values(status="finishing", updated_at=utcnow())
+            ).rowcount
+        )
+
+
+@dataclass(frozen=True)
+class Worklist:
+    csv: Path
+    ndjson: Path
+    patients: int
+
+
+WORKLIST_COLUMNS = ("patient_id", "band", "score", "findings", "alternatives", "missing_inputs", "model_version")
+
+
+def write_worklist(engine: Engine, job_id: str, out: Path) -> Worklist:
+    """Eligible possible/likely patients without a spine referral, most likely first."""
+    out.mkdir(parents=True, exist_ok=True)
+    query = (
+        select(
+            PopulationAssessment.patient_id,
+            PopulationAssessment.band,
+            PopulationAssessment.score,
+            PopulationAssessment.assessment,
+        )
+        .where(PopulationAssessment.job_id == job_id, PopulationAssessment.worklist.is_(True))
+        .order_by(PopulationAssessment.score.desc(), PopulationAssessment.patient_id)
+    )
+    csv_path, ndjson_path = out / "worklist.csv", out / "worklist.ndjson"
+    count = 0
+    with (
+        engine.connect() as connection,
+        csv_path.open("w", newline="", encoding="utf-8") as csv_file,
+        ndjson_path.open("wb") as nd,
+    ):
+        writer = csv.writer(csv_file)
+        writer.writerow(WORKLIST_COLUMNS)
+        for row in connection.execute(query):
+            assessment = row.assessment or {}
+            entry = {
+                "patient_id": row.patient_id,
+                "band": row.band,
+                "score": row.score,
+                "findings": [f["label"] for f in assessment.get("findings", [])],
+                "alternatives": [a["label"] for a in assessment.get("alternatives", [])],
+                "missing_inputs": assessment.get("missing_inputs", []),
+                "model_version": (assessment.get("model") or {}).get("version"),
+            }
+            nd.write(orjson.dumps(entry) + b"\n")
+            writer.writerow([_cell(entry[c]) for c in WORKLIST_COLUMNS])
+            count += 1
+    with engine.begin() as connection:
+        set_status(connection, job_id, "done", worklisted=count)
+    return Worklist(csv_path, ndjson_path, count)
+
+
+def _cell(value: Any) -> str:
+    text = "; ".join(value) if isinstance(value, list) else "" if value is None else str(value)
+    # spreadsheet programs run cells that start like formulas
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+def fail(engine: Engine, job_id: str, error: str) -> None:
+    with engine.begin() as connection:
+        set_status(connection, job_id, "failed", error=error[:2000])
+
+
+def stale_jobs(engine: Engine, older_than_seconds: int) -> list[dict[str, Any]]:
+    cutoff = datetime.now(UTC).timestamp() - older_than_seconds
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(PopulationJob).where(PopulationJob.status.in_(("splitting", "scoring", "finishing")))
+        ).all()
+    out = []
+    for row in rows:
+        updated = row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=UTC)
+        if updated.timestamp() < cutoff:
+            out.append(dict(row._mapping))
+    return out

@@ -1,0 +1,164 @@
+"""Celery tasks. Each takes ids, is idempotent, and is safe to run twice (acks_late redelivery).
+
+Transient failures (a database or file-system hiccup) are retried with exponential backoff; a bad
+patient record is reported in the job's results and never retried.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from celery import Task, shared_task
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+
+from cds_service.app import audit_key
+from cds_service.audit.chain import AnchorFile, anchor, purge, verify_and_record
+from cds_service.db import make_engine
+from cds_service.settings import Settings, load_settings
+from hooks.model import Model, load_model
+from worker import population
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def reliable_task(name: str, *, soft_time_limit: int) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """Acknowledged when done, given back if the worker dies, retried with backoff on transient errors."""
+    return shared_task(
+        name=name,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        autoretry_for=(OperationalError, OSError),
+        retry_backoff=2,
+        retry_backoff_max=300,
+        retry_jitter=True,
+        max_retries=5,
+        soft_time_limit=soft_time_limit,
+        time_limit=soft_time_limit + 60,
+    )
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    settings: Settings
+    engine: Engine
+    model: Model
+
+
+@lru_cache(maxsize=4)
+def _context(settings_json: str) -> WorkerContext:
+    settings = Settings.model_validate(json.loads(settings_json))
+    return WorkerContext(settings, make_engine(settings.effective_database_url), load_model(site=settings.site))
+
+
+def context() -> WorkerContext:
+    """One engine and model per process and configuration."""
+    return _context(load_settings().model_dump_json())
+
+
+@reliable_task("population.split", soft_time_limit=3000)
+def split_job(job_id: str, source: str) -> int:
+    """Partition the export by patient, register the chunks, then enqueue them (after the commit)."""
+    ctx = context()
+    current = population.job(ctx.engine, job_id)
+    if current is None or current["status"] not in ("splitting", "scoring"):
+        return 0
+    if current["status"] == "splitting":
+        try:
+            files = population.export_files(Path(source))
+        except (population.JobError, FileNotFoundError, NotADirectoryError) as exc:
+            population.fail(ctx.engine, job_id, str(exc))
+            return 0
+        partitions = max(1, math.ceil(population.count_patients(files) / ctx.settings.population_chunk_size))
+        population.split(files, population.job_dir(ctx.settings.instance_path, job_id), partitions)
+        population.register_chunks(ctx.engine, job_id, partitions)
+    pending = population.pending_chunks(ctx.engine, job_id)
+    for number in pending:
+        score_chunk.delay(job_id, number)
+    if not pending:
+        finish_if_complete(job_id)
+    return len(pending)
+
+
+@reliable_task("population.score_chunk", soft_time_limit=600)
+def score_chunk(job_id: str, number: int) -> bool:
+    ctx = context()
+    current = population.job(ctx.engine, job_id)
+    if current is None or number not in population.pending_chunks(ctx.engine, job_id):
+        return False  # done already: a redelivery
+    part = population.job_dir(ctx.settings.instance_path, job_id) / f"part-{number:05d}.ndjson"
+    rows = population.assess_partition(ctx.model, part, date.fromisoformat(current["as_of"]), number, job_id)
+    stored = population.record_chunk(ctx.engine, job_id, number, rows)
+    finish_if_complete(job_id)
+    return stored
+
+
+def finish_if_complete(job_id: str) -> None:
+    if population.claim_finish(context().engine, job_id):
+        finish_job.delay(job_id)
+
+
+@reliable_task("population.finish", soft_time_limit=1200)
+def finish_job(job_id: str) -> int:
+    ctx = context()
+    current = population.job(ctx.engine, job_id)
+    if current is None or current["status"] != "finishing":
+        return 0
+    worklist = population.write_worklist(ctx.engine, job_id, population.job_dir(ctx.settings.instance_path, job_id))
+    return worklist.patients
+
+
+@reliable_task("population.cleanup_stale", soft_time_limit=300)
+def cleanup_stale() -> int:
+    """Resume jobs that stopped moving (a lost message, a restart); give up on very old ones."""
+    ctx = context()
+    resumed = 0
+    for stale in population.stale_jobs(ctx.engine, ctx.settings.stale_job_seconds):
+        age = datetime.now(UTC) - (stale["created_at"] if stale["created_at"].tzinfo else stale["created_at"].replace(tzinfo=UTC))
+        if age > timedelta(days=7):
+            population.fail(ctx.engine, stale["id"], "abandoned: no progress for a week")
+            continue
+        resume(stale["id"])
+        resumed += 1
+    return resumed
+
+
+def resume(job_id: str) -> None:
+    """Pick a job up where it stopped."""
+    current = population.job(context().engine, job_id)
+    if current is None:
+        return
+    if current["status"] in ("splitting", "scoring"):
+        split_job.delay(job_id, current["source"])
+    elif current["status"] == "finishing":
+        finish_job.delay(job_id)
+
+
+@reliable_task("log.verify_and_anchor", soft_time_limit=1800)
+def verify_and_anchor() -> dict[str, Any]:
+    ctx = context()
+    key, anchors = audit_key(ctx.settings), AnchorFile(ctx.settings.effective_anchor_path)
+    report = verify_and_record(ctx.engine, key, anchors)
+    if not report.ok:
+        log.error("decision log verification failed: %s", report.problem)
+        return {"ok": False, "problem": str(report.problem)}
+    record = anchor(ctx.engine, key, anchors)
+    return {"ok": True, "entries": report.entries, "anchored": record["seq"] if record else None}
+
+
+@reliable_task("log.purge", soft_time_limit=1800)
+def purge_expired() -> int:
+    ctx = context()
+    cutoff = datetime.now(UTC) - timedelta(days=ctx.settings.retention_days)
+    return purge(ctx.engine, audit_key(ctx.settings), AnchorFile(ctx.settings.effective_anchor_path), cutoff)
