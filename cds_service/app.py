@@ -132,12 +132,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         redis=redis_client,
     )
     register_error_handlers(app)
+    from cds_service import population_views
     from cds_service.audit import api, pages
     from cds_service.views import bp
 
     app.register_blueprint(bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(population_views.bp)
     return app
 
 
