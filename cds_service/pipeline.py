@@ -116,6 +116,13 @@ class HookPipeline:
         self._digest_key = digest_key
         self.snooze = SnoozeRule(OVERRIDE_SYSTEM, SNOOZING_OVERRIDES, snooze_days)
 
+    def _user(self, user_id: str | None) -> str | None:
+        """Clinician ids are kept as sent; a patient or relative using the app is kept as a pseudonym."""
+        if user_id and user_id.startswith(("Patient/", "RelatedPerson/")):
+            kind, _, identifier = user_id.partition("/")
+            return f"{kind}/pseudonym-{self.log.pseudonym(identifier)}"
+        return user_id
+
     def _digest(self, document: Any) -> str:
         if isinstance(document, dict):
             document = {k: v for k, v in document.items() if k != "fhirAuthorization"}
@@ -142,7 +149,7 @@ class HookPipeline:
                 row.hook_instance = document.get("hookInstance") if isinstance(document.get("hookInstance"), str) else None
                 row.input_digest = self._digest(document)
             request = validate_hook_request(document, service)
-            row.user_id = request.context.get("userId")
+            row.user_id = self._user(request.context.get("userId"))
             patient_id = request.context.get("patientId")
             row.patient_pseudonym = self.log.pseudonym(patient_id)
             prefetch, fetch_notes = self.fetcher.complete(

@@ -137,7 +137,8 @@ def referral_resource(model: Model, assessment: Assessment, *, patient_reference
     }
     if referral.performer_type:
         resource["performerType"] = {"coding": [referral.performer_type.as_fhir()]}
-    if user_id and "/" in user_id:
+    # a referral is requested by a clinician; a patient-facing app's user is left for the EHR to fill
+    if user_id and user_id.startswith(("Practitioner/", "PractitionerRole/")):
         resource["requester"] = {"reference": user_id}
     pruned: dict[str, Any] = prune(resource)
     return pruned

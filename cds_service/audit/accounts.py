@@ -102,9 +102,14 @@ def check_csrf() -> None:
 
 
 def current_auditor(engine: Engine) -> Auditor | None:
-    username, role = session.get("auditor"), session.get("role")
-    if isinstance(username, str) and isinstance(role, str):
-        return Auditor(username, role)
+    username = session.get("auditor")
+    if isinstance(username, str):
+        # the account is looked up on every request, so deactivating it ends its sessions at once
+        with engine.connect() as connection:
+            user = connection.execute(select(User.role).where(User.username == username, User.active.is_(True))).first()
+        if user is not None:
+            return Auditor(username, user.role)
+        session.clear()
     credentials = request.authorization
     if credentials is not None and credentials.type == "basic" and credentials.username and credentials.password:
         return authenticate(engine, credentials.username, credentials.password)

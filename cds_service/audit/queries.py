@@ -48,7 +48,8 @@ def _day(value: str, name: str, *, end: bool) -> datetime:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ApiError(400, "invalid_filter", f"'{name}' must be a date (YYYY-MM-DD) or an ISO 8601 date-time.") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    # in UTC: SQLite keeps times as UTC text without an offset, so an offset would be compared as if it were UTC
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)

@@ -252,3 +252,13 @@ def test_a_retry_after_412_with_the_prefetch_gets_the_cards(running: RunningServ
 
 def test_the_schema_was_created_by_alembic(running: RunningService, log: LogReader) -> None:
     assert log.scalars("SELECT version_num FROM alembic_version") == ["0003"]
+
+
+def test_a_patient_using_the_app_is_logged_by_pseudonym_only(running: RunningService, log: LogReader) -> None:
+    """A patient-facing app sends userId Patient/<id>: that id is patient data and is pseudonymised too."""
+    body = patient_view_of(patient(fresh_seed()))
+    body["context"]["userId"] = "Patient/self-123"
+    assert running.post(PATIENT_VIEW, body).status_code == 200
+    row = log.decision(hook_instance=body["hookInstance"])
+    assert row["user_id"].startswith("Patient/pseudonym-")
+    assert "self-123" not in str(row)

@@ -470,3 +470,13 @@ def test_every_service_card_rule_is_cited(shared_data: Path) -> None:
     cited = cited_requirements()
     assert service_rules - cited - set(NOT_CHECKED) == set()
     assert cited <= set(range(80, 148)) | set(range(214, 221))  # card rules and the Coding rules cards rely on
+
+
+def test_the_referral_names_a_clinician_requester_only(model: Model, today: date, patient_view_request: Any) -> None:
+    call = patient_view_request()
+    call.context["userId"] = "Patient/self-123"
+    resource = call.run(model, today).cards[0]["suggestions"][0]["actions"][0]["resource"]
+    assert "requester" not in resource
+    call.context["userId"] = "PractitionerRole/pr-9"
+    resource = call.run(model, today, instance="other").cards[0]["suggestions"][0]["actions"][0]["resource"]
+    assert resource["requester"] == {"reference": "PractitionerRole/pr-9"}
