@@ -45,6 +45,8 @@ def _json_body() -> tuple[bytes | None, ApiError | None]:
 
 @bp.after_app_request
 def _cors(response: Response) -> Response:
+    if not request.path.startswith("/cds-services"):
+        return response  # only the EHR-facing endpoints are called cross-origin
     origins = components().settings.cors_origins
     origin = request.headers.get("Origin")
     if "*" in origins:
