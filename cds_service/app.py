@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,4 +144,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-MODEL_DOC = Path(__file__).resolve().parents[1] / "docs" / "model.md"
+def model_doc() -> Path:
+    """docs/model.md in a source checkout, or where an installed wheel puts it."""
+    checkout = Path(__file__).resolve().parents[1] / "docs" / "model.md"
+    installed = Path(sys.prefix) / "share" / "spine-cds" / "model.md"
+    return checkout if checkout.exists() else installed

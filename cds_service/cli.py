@@ -61,6 +61,7 @@ def serve(host: str, port: int, workers: int | None, threads: int, timeout: int,
         "--timeout", str(timeout),
         "--graceful-timeout", str(timeout),
         "--keep-alive", "5",
+        "--no-control-socket",  # one per user and host otherwise, shared by every instance
         "--access-logfile", "-",
         # the access log format leaves out query strings and headers (no tokens, no patient ids)
         "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
@@ -343,6 +344,83 @@ def population_resume(job_id: str) -> None:
         _report(settings, _follow(engine, job_id))
     else:
         _report(settings, _follow(engine, job_id, runner=lambda: resume(job_id)))
+
+
+@population.command("export")
+@click.option("--fhir-base", required=True, help="The FHIR server's base URL, e.g. https://ehr.example.org/fhir.")
+@click.option("--group", default=None, help="Export this Group's patients (Group/ID/$export) instead of the whole system.")
+@click.option("--client-id", required=True, help="The SMART Backend Services client id registered with the server.")
+@click.option(
+    "--private-key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The client's RSA (RS384) or P-384 (ES384) private key: a PEM or JWK file. Only its path is stored.",
+)
+@click.option("--kid", default=None, help="The key id to sign with (default: the JWK's kid, else the key's thumbprint).")
+@click.option("--jku", default=None, help="The URL of the client's JWK Set, sent in the assertion's header.")
+@click.option("--token-url", default=None, help="The token endpoint (default: from .well-known/smart-configuration).")
+@click.option(
+    "--scope",
+    default=None,
+    help="Scopes to ask for (default: system/<Type>.read for the exported types; SMART v2 servers take system/<Type>.rs).",
+)
+@click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), default=None, help="Assess as of this date.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the job with a progress bar.")
+def population_export(
+    fhir_base: str,
+    group: str | None,
+    client_id: str,
+    private_key: Path,
+    kid: str | None,
+    jku: str | None,
+    token_url: str | None,
+    scope: str | None,
+    today: datetime | None,
+    wait: bool,
+) -> None:
+    """Export a population from a FHIR server (Bulk Data, SMART Backend Services), then score it."""
+    from urllib.parse import urlsplit
+
+    from hooks.model import load_model
+    from worker import population as jobs
+    from worker.bulk_export import DEFAULT_SCOPE, BulkExportError, ExportSpec, load_signing_key
+    from worker.export_tasks import SOURCE_LIMIT, export_kickoff
+
+    for name, url in (("--fhir-base", fhir_base), ("--token-url", token_url), ("--jku", jku)):
+        if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
+            raise click.ClickException(f"{name} must be an absolute http(s) URL")
+    try:
+        load_signing_key(private_key, kid)  # a key that cannot sign fails here, not in a worker
+    except BulkExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    spec = ExportSpec(
+        fhir=fhir_base.rstrip("/"),
+        client_id=client_id,
+        key_path=str(private_key.resolve()),
+        group=group,
+        kid=kid,
+        jku=jku,
+        token_url=token_url,
+        scope=scope or DEFAULT_SCOPE,
+    )
+    if len(spec.to_json()) > SOURCE_LIMIT:
+        raise click.ClickException("the export parameters are too long to store with the job")
+    settings, engine = _population_parts()
+    model = load_model(site=settings.site)
+    job_id = jobs.create_job(engine, model, spec.to_json(), (today.date() if today else date.today()))
+    with engine.begin() as connection:
+        jobs.set_status(connection, job_id, "exporting")
+    click.echo(f"job {job_id} created: exporting from {spec.fhir}" + (f" (Group {group})" if group else ""))
+    if not settings.redis_url:
+        job = _follow(engine, job_id, runner=lambda: export_kickoff.delay(job_id))
+    else:
+        export_kickoff.delay(job_id)  # after the job row is committed
+        if not wait:
+            return
+        job = _follow(engine, job_id)
+    _report(settings, job)
+    if job.get("status") == "failed":
+        sys.exit(1)
 
 
 if __name__ == "__main__":

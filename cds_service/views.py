@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import text
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from cds_service.app import MODEL_DOC, components
+from cds_service.app import components, model_doc
 from cds_service.auth import Caller
 from cds_service.errors import ApiError, Unauthorized
 from hooks.services import SERVICES
@@ -117,7 +117,7 @@ def readyz() -> tuple[Response, int]:
 def model_page() -> Response:
     model = components().model
     try:
-        source = MODEL_DOC.read_text(encoding="utf-8")
+        source = model_doc().read_text(encoding="utf-8")
     except OSError:
         raise ApiError(404, "not_found", "The model documentation is not installed with this copy.") from None
     body = markdown.markdown(source, extensions=["tables", "toc"])

@@ -7,10 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from cds_service.app import MODEL_DOC
 from tests.cds_service.requests import patient_view
 from tests.conftest import IN_CI
-from tests.support import RunningService, assert_cards_response, error_of
+from tests.support import RunningService, assert_cards_response
 
 PREFLIGHT = {
     "Origin": "https://ehr.example.org",
@@ -123,15 +122,11 @@ def test_model_page_is_html_and_cards_point_to_it(service: RunningService) -> No
     """req 107, req 139: the card's source.url and link url are absolute URLs, to the model's page."""
     identity = service.client.get("/model.json").json()
     response = service.client.get("/model")
-    if not MODEL_DOC.exists():  # the documentation is written separately; without it the page is a JSON 404
-        assert response.status_code == 404
-        assert error_of(response)["code"] == "not_found"
-    else:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/html")
-        assert response.text.startswith("<!doctype html>")
-        assert identity["id"] in response.text and identity["version"] in response.text
-        assert identity["hash"] in response.text
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.text.startswith("<!doctype html>")
+    assert identity["id"] in response.text and identity["version"] in response.text
+    assert identity["hash"] in response.text
 
     card = assert_cards_response(service.post("/cds-services/spine-knee-patient-view", patient_view()))[0]
     assert card["source"]["url"] == f"{service.base_url}/model"
