@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.engine import Engine
 
+from cds_service.settings import Settings, SettingsError, load_settings
 from hooks.assessment import Contribution
 from hooks.evaluation import evaluate_data, evaluate_profiles
 from hooks.model import load_model
@@ -17,6 +19,24 @@ from hooks.model import load_model
 
 def _top(contributions: tuple[Contribution, ...], limit: int = 3) -> str:
     return ", ".join(c.signal.label for c in contributions[:limit]) or "-"
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _store() -> tuple[Settings, Engine]:
+    """The settings and a migrated database engine (the default SQLite file lives in the instance folder)."""
+    from cds_service.db import make_engine, upgrade
+
+    settings = _settings()
+    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    upgrade(engine)
+    return settings, engine
 
 
 @click.group()
@@ -36,16 +56,10 @@ def main() -> None:
 def serve(host: str, port: int, workers: int | None, threads: int, timeout: int, bind: str | None) -> None:
     """Run the service under gunicorn."""
     from cds_service.app import audit_key, pseudonym_key
-    from cds_service.db import make_engine, upgrade
-    from cds_service.settings import SettingsError, load_settings
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    settings.instance_path.mkdir(parents=True, exist_ok=True)  # the default SQLite database lives there
-    # once, before workers start: the schema and, on embedded defaults, the pseudonym key
-    upgrade(make_engine(settings.effective_database_url))
+    # once, before workers start: the schema and, on embedded defaults, the generated keys
+    settings, engine = _store()
+    engine.dispose()
     pseudonym_key(settings)
     audit_key(settings)
     count = workers or 2 * (os.cpu_count() or 1)
@@ -122,19 +136,11 @@ def audit() -> None:
     """Verify, anchor and purge the tamper-evident decision log."""
 
 
-def _audit_parts() -> tuple[Any, bytes, Any]:
+def _audit_parts() -> tuple[Engine, bytes, Any]:
     from cds_service.app import audit_key
     from cds_service.audit.chain import AnchorFile
-    from cds_service.db import make_engine, upgrade
-    from cds_service.settings import SettingsError, load_settings
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    settings.instance_path.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url)
-    upgrade(engine)
+    settings, engine = _store()
     return engine, audit_key(settings), AnchorFile(settings.effective_anchor_path)
 
 
@@ -177,10 +183,9 @@ def audit_purge(before: datetime | None) -> None:
     from datetime import UTC, timedelta
 
     from cds_service.audit.chain import purge
-    from cds_service.settings import load_settings
 
     engine, key, anchors = _audit_parts()
-    cutoff = before.replace(tzinfo=UTC) if before else datetime.now(UTC) - timedelta(days=load_settings().retention_days)
+    cutoff = before.replace(tzinfo=UTC) if before else datetime.now(UTC) - timedelta(days=_settings().retention_days)
     count = purge(engine, key, anchors, cutoff)
     click.echo(f"purged {count} entries logged before {cutoff.isoformat()}")
 
@@ -197,8 +202,6 @@ def users() -> None:
 def users_add(username: str, role: str, password_stdin: bool) -> None:
     """Add an account USERNAME; the password is asked for twice (or read from stdin)."""
     from cds_service.audit.accounts import ROLES, AccountError, add_user
-    from cds_service.db import make_engine, upgrade
-    from cds_service.settings import SettingsError, load_settings
 
     if role not in ROLES:
         raise click.ClickException(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
@@ -206,14 +209,8 @@ def users_add(username: str, role: str, password_stdin: bool) -> None:
         password = click.get_text_stream("stdin").read().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    _, engine = _store()
     try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    settings.instance_path.mkdir(parents=True, exist_ok=True)  # the default SQLite database lives there
-    engine = make_engine(settings.effective_database_url)
-    try:
-        upgrade(engine)
         add_user(engine, username, password, role)
     except AccountError as exc:
         raise click.ClickException(str(exc)) from None
@@ -227,18 +224,10 @@ def population() -> None:
     """Score whole populations from FHIR Bulk Data exports."""
 
 
-def _population_parts() -> tuple[Any, Any]:
-    from cds_service.db import make_engine, upgrade
-    from cds_service.settings import SettingsError, load_settings
+def _population_parts() -> tuple[Settings, Engine]:
     from worker.celery_app import make_celery
 
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    settings.instance_path.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url)
-    upgrade(engine)
+    settings, engine = _store()
     celery = make_celery(settings)
     celery.set_current()
     celery.set_default()
