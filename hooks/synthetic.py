@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from pathlib import Path
+from typing import IO, Any, cast
 
 SNOMED = "http://snomed.info/sct"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -365,3 +366,90 @@ def prefetch_for(resources: Iterable[Resource]) -> dict[str, Any]:
     out: dict[str, Any] = {"patient": patient}
     out.update({key: searchset(items) for key, items in grouped.items() if key != "patient"})
     return out
+
+
+# -- synthetic FHIR Bulk Data exports --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BulkExport:
+    """What `write_bulk_export` wrote: the files, and each patient's profile and intended outcome."""
+
+    directory: Path
+    files: tuple[Path, ...]
+    profiles: Mapping[str, str]  # patient id -> profile name
+    expected: Mapping[str, str]  # patient id -> the profile's intended outcome
+    resources: int
+
+    @property
+    def worklist(self) -> frozenset[str]:
+        """The patients a population run should put on the worklist: eligible, unsuppressed, possible or likely."""
+        return frozenset(p for p, outcome in self.expected.items() if outcome in ("possible", "likely"))
+
+
+def write_bulk_export(
+    directory: str | Path,
+    patients: int,
+    resources_per_patient: int = 20,
+    seed: int = 0,
+    profiles: Sequence[str | Profile] = PROFILES,
+    split_files: int = 1,
+    gzip: bool = False,
+    today: date | None = None,
+) -> BulkExport:
+    """Write a FHIR Bulk Data export of `patients` synthetic patients into `directory`.
+
+    Patient n follows profiles[n % len(profiles)] and is padded with unrelated resources (encounters,
+    immunisations, vital signs: `Factory.noise`) up to `resources_per_patient` when its profile has fewer.
+    One NDJSON file per resource type (`Observation.000.ndjson`, ...); with `split_files` > 1 the lines
+    of a type are dealt round-robin over that many files, so one patient's resources of a type land in
+    several files; with `gzip` every file is written as `.ndjson.gz`. Same arguments, same bytes.
+    """
+    import gzip as gzip_module
+
+    import orjson
+
+    chosen = [PROFILES_BY_NAME[p] if isinstance(p, str) else p for p in profiles]
+    if not chosen:
+        raise ValueError("at least one profile is needed")
+    if split_files < 1:
+        raise ValueError("split_files must be at least 1")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = ".ndjson.gz" if gzip else ".ndjson"
+    handles: dict[tuple[str, int], IO[bytes]] = {}
+    raw_files: list[IO[bytes]] = []
+    dealt: dict[str, int] = {}
+    profile_of: dict[str, str] = {}
+    expected: dict[str, str] = {}
+    total = 0
+
+    def sink(resource_type: str) -> IO[bytes]:
+        n = dealt.get(resource_type, 0)
+        dealt[resource_type] = n + 1
+        key = (resource_type, n % split_files)
+        if key not in handles:
+            raw = (out / f"{resource_type}.{key[1]:03d}{suffix}").open("wb")
+            raw_files.append(raw)
+            packed = gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=5, mtime=0) if gzip else None
+            handles[key] = cast(IO[bytes], packed) if packed else raw
+        return handles[key]
+
+    try:
+        for n in range(patients):
+            profile = chosen[n % len(chosen)]
+            factory = Factory(seed * 10_000_019 + n, today)
+            resources = profile.build(factory)
+            resources += factory.noise(max(0, resources_per_patient - len(resources)))
+            profile_of[factory.patient_id] = profile.name
+            expected[factory.patient_id] = profile.expected
+            for resource in resources:
+                sink(resource["resourceType"]).write(orjson.dumps(resource) + b"\n")
+            total += len(resources)
+    finally:
+        for handle in handles.values():
+            handle.close()  # a GzipFile writes its trailer here but leaves the file it wraps open
+        for raw in raw_files:
+            raw.close()
+    files = tuple(sorted(out / f"{t}.{i:03d}{suffix}" for t, i in handles))
+    return BulkExport(out, files, profile_of, expected, total)

@@ -2,7 +2,9 @@
 
 1. split: stream every NDJSON file (plain or gzipped, one resource type per file, possibly several
    files per type) once, and append each line to one of N partition files chosen by a stable hash of
-   its patient id. A partition holds a few hundred patients.
+   its patient id. A partition holds a few hundred patients. Lines of resource types the reader
+   ignores (Encounter, Immunization, Claim, ...) are counted and dropped here, so the scoring tasks
+   neither store nor parse them.
 2. score: each partition is one chunk: its lines are grouped by patient in memory and every patient is
    assessed with the same `hooks` code the web service uses. The chunk's assessments, its status and
    the job's counters are written in one transaction that only a pending chunk can take, so a chunk
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import re
 import uuid
 import zlib
@@ -30,12 +33,19 @@ from sqlalchemy.engine import Connection, Engine
 
 from cds_service.models import PopulationAssessment, PopulationChunk, PopulationJob, utcnow
 from hooks.assessment import Assessor
-from hooks.fhir import RecordReader
+from hooks.fhir import RELEVANT_TYPES, RecordReader
 from hooks.model import Model
 
-# the patient a resource belongs to, read from the raw line without parsing the JSON
-_SUBJECT = re.compile(rb'"(?:subject|patient)"\s*:\s*\{[^{}]*?"reference"\s*:\s*"(?:[^"]*/)?Patient/([^"/]+)"')
-_PATIENT = re.compile(rb'^\s*\{[^{}]*?"resourceType"\s*:\s*"Patient"')
+# The patient a resource belongs to, read from the raw line without parsing the JSON: the reference of
+# its `subject`, else of its `patient` (Immunization, AllergyIntolerance, ...). Each pattern starts with
+# a literal the regex engine scans for quickly; one alternation of both keys is several times slower.
+_SUBJECT_REFERENCE = re.compile(rb'"subject"\s*:\s*\{[^{}]*?"reference"\s*:\s*"([^"\t]*)"')
+_PATIENT_REFERENCE = re.compile(rb'"patient"\s*:\s*\{[^{}]*?"reference"\s*:\s*"([^"\t]*)"')
+# the resource type when it is the first member, as Bulk Data servers write it
+_LEADING_TYPE = re.compile(rb'\s*\{\s*"resourceType"\s*:\s*"([A-Za-z]+)"')
+_RELEVANT = frozenset(t.encode() for t in RELEVANT_TYPES)
+# lines read and routed between two writes to the partition files
+_BLOCK_BYTES = 4 << 20
 
 
 class JobError(RuntimeError):
@@ -62,14 +72,38 @@ def _open(path: Path) -> IO[bytes]:
     return path.open("rb")
 
 
+def patient_of_reference(reference: bytes) -> bytes | None:
+    """The id a Patient reference names (relative, absolute or versioned), as `hooks.fhir` reads it."""
+    head, sep, tail = reference.rpartition(b"Patient/")
+    if not sep or (head and not head.endswith(b"/")):
+        return None
+    return tail.partition(b"/")[0] or None
+
+
+def _referenced_patient(line: bytes) -> bytes | None:
+    for pattern in (_SUBJECT_REFERENCE, _PATIENT_REFERENCE):
+        found = pattern.search(line)
+        if found is not None:
+            patient = patient_of_reference(found.group(1))
+            if patient is not None:
+                return patient
+    return None
+
+
 def patient_of(line: bytes) -> str | None:
-    if _PATIENT.match(line):
-        resource = orjson.loads(line)
-        resource_id = resource.get("id") if isinstance(resource, dict) else None
-        return resource_id if isinstance(resource_id, str) else None
-    found = _SUBJECT.search(line)
-    if found:
-        return found.group(1).decode()
+    """The patient a raw NDJSON line belongs to: a Patient's own id, or the patient its subject names.
+
+    Raises orjson.JSONDecodeError for a line that names no patient and is not JSON.
+    """
+    patient = _referenced_patient(line)
+    if patient is not None:
+        return patient.decode(errors="replace")
+    resource = orjson.loads(line)
+    if isinstance(resource, dict) and resource.get("resourceType") == "Patient":
+        resource_id = resource.get("id")
+        # a tab or a line break would break the partition file's `patient TAB line` layout
+        if isinstance(resource_id, str) and resource_id and not any(c in resource_id for c in "\t\r\n"):
+            return resource_id
     return None
 
 
@@ -77,44 +111,120 @@ def partition_of(patient_id: str, partitions: int) -> int:
     return zlib.crc32(patient_id.encode()) % partitions
 
 
+def leading_type(path: Path) -> str | None:
+    """The resource type of a file's first resource (Bulk Data files hold one type each), None if unknown."""
+    with _open(path) as lines:
+        for line in lines:
+            if line.strip():
+                found = _LEADING_TYPE.match(line)
+                return found.group(1).decode() if found else None
+    return None
+
+
 def count_patients(files: list[Path]) -> int:
+    """The Patient resources in the export: the lines of the files whose first resource is a Patient."""
     total = 0
     for path in files:
-        if path.name.startswith("Patient"):
+        if leading_type(path) == "Patient":
             with _open(path) as lines:
                 total += sum(1 for line in lines if line.strip())
     return total
 
 
+class _Partitions:
+    """The partition files being written, with the lines routed to each since the last write."""
+
+    def __init__(self, out: Path, partitions: int) -> None:
+        self.partitions = partitions
+        self.paths = [out / f"part-{n:05d}.ndjson" for n in range(partitions)]
+        self.handles = [path.with_name(path.name + ".tmp").open("wb") for path in self.paths]
+        self.pending: list[list[bytes]] = [[] for _ in range(partitions)]
+
+    def write(self) -> None:
+        for handle, lines in zip(self.handles, self.pending, strict=True):
+            if lines:
+                handle.write(b"".join(lines))
+                lines.clear()
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.close()
+
+    def publish(self) -> None:
+        # renamed only when complete, so a split interrupted half-way is redone, not trusted
+        for path in self.paths:
+            path.with_name(path.name + ".tmp").replace(path)
+
+
 def split(files: list[Path], out: Path, partitions: int) -> dict[str, int]:
-    """Route every line to its patient's partition file (`part-00001.ndjson`: `patient-id TAB line`)."""
+    """Route every line to its patient's partition file (`part-00001.ndjson`: `patient-id TAB line`).
+
+    Returns counts: `lines` read (not blank), `routed` to a partition, `irrelevant` (of a resource type
+    the reader ignores, dropped), `without_patient` (no Patient reference, not a Patient) and
+    `unreadable` (not JSON, and no patient to give it to). A file that cannot be decompressed raises
+    JobError: retrying cannot help.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    handles = [(out / f"part-{n:05d}.ndjson.tmp").open("wb") for n in range(partitions)]
-    counts = {"lines": 0, "without_patient": 0, "unreadable": 0}
+    parts = _Partitions(out, partitions)
+    counts = {"lines": 0, "routed": 0, "irrelevant": 0, "without_patient": 0, "unreadable": 0}
     try:
         for path in files:
-            with _open(path) as lines:
-                for line in lines:
-                    line = line.strip()
-                    if not line:
-                        continue
-                    counts["lines"] += 1
-                    try:
-                        patient = patient_of(line)
-                    except orjson.JSONDecodeError:
-                        counts["unreadable"] += 1
-                        continue
-                    if patient is None:
-                        counts["without_patient"] += 1
-                        continue
-                    handles[partition_of(patient, partitions)].write(patient.encode() + b"\t" + line + b"\n")
+            try:
+                _split_file(path, parts, counts)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                raise JobError(f"{path.name} cannot be read: {exc}") from exc
     finally:
-        for handle in handles:
-            handle.close()
-    # renamed only when complete, so a split interrupted half-way is redone, not trusted
-    for n in range(partitions):
-        (out / f"part-{n:05d}.ndjson.tmp").replace(out / f"part-{n:05d}.ndjson")
+        parts.close()
+    parts.publish()
     return counts
+
+
+def _split_file(path: Path, parts: _Partitions, counts: dict[str, int]) -> None:
+    # Bulk Data files hold one resource type each: in a file of a type the reader ignores, every line
+    # that starts like the first one is dropped unread; any other line is routed as usual
+    file_type = leading_type(path)
+    skip = b'{"resourceType":"' + file_type.encode() + b'"' if file_type and file_type.encode() not in _RELEVANT else None
+    pending, partitions, crc32 = parts.pending, parts.partitions, zlib.crc32
+    subject, patient_key = _SUBJECT_REFERENCE.search, _PATIENT_REFERENCE.search
+    lines, blank, irrelevant, routed = 0, 0, 0, 0
+    with _open(path) as stream:
+        while block := stream.readlines(_BLOCK_BYTES):
+            if not block[-1].endswith(b"\n"):
+                block[-1] += b"\n"
+            lines += len(block)
+            for line in block:
+                if skip is not None and line.startswith(skip):
+                    irrelevant += 1
+                    continue
+                # the common case inline: a subject reference to a Patient
+                found = subject(line) or patient_key(line)
+                patient = patient_of_reference(found.group(1)) if found is not None else None
+                if patient is None:
+                    if not line.strip():
+                        blank += 1
+                        continue
+                    patient = _slow_route(line, counts)
+                    if patient is None:
+                        continue
+                pending[crc32(patient) % partitions].append(patient + b"\t" + line)
+                routed += 1
+            parts.write()
+    counts["lines"] += lines - blank
+    counts["routed"] += routed
+    counts["irrelevant"] += irrelevant
+
+
+def _slow_route(line: bytes, counts: dict[str, int]) -> bytes | None:
+    """A line that names no Patient in its subject: a Patient resource, or one to count and leave out."""
+    try:
+        patient = patient_of(line.strip())
+    except orjson.JSONDecodeError:
+        counts["unreadable"] += 1
+        return None
+    if patient is None:
+        counts["without_patient"] += 1
+        return None
+    return patient.encode()
 
 
 def _patients(part: Path) -> Iterator[tuple[str, list[bytes]]]:
@@ -122,7 +232,7 @@ def _patients(part: Path) -> Iterator[tuple[str, list[bytes]]]:
     with part.open("rb") as lines:
         for line in lines:
             patient, _, resource = line.rstrip(b"\n").partition(b"\t")
-            grouped.setdefault(patient.decode(), []).append(resource)
+            grouped.setdefault(patient.decode(errors="replace"), []).append(resource)
     yield from grouped.items()
 
 
@@ -138,7 +248,20 @@ def assess_partition(model: Model, part: Path, today: date, chunk: int, job_id: 
                 reader.add_ndjson_line(line)
             assessment = assessor.assess(reader.record, today)
         except Exception as exc:  # one bad record must not stop the chunk
-            rows.append({**base, "status": "error", "worklist": False, "error": f"{type(exc).__name__}: {exc}"[:2000]})
+            # every row has the same keys: the chunk's rows go to the database as one executemany
+            rows.append(
+                {
+                    **base,
+                    "status": "error",
+                    "eligible": None,
+                    "band": None,
+                    "score": None,
+                    "suppressed": None,
+                    "worklist": False,
+                    "assessment": None,
+                    "error": f"{type(exc).__name__}: {exc}"[:2000],
+                }
+            )
             continue
         rows.append(
             {
@@ -150,6 +273,7 @@ def assess_partition(model: Model, part: Path, today: date, chunk: int, job_id: 
                 "suppressed": assessment.suppressed,
                 "worklist": assessment.actionable,
                 "assessment": assessment.to_dict(),
+                "error": None,
             }
         )
     return rows
@@ -219,13 +343,29 @@ def pending_chunks(engine: Engine, job_id: str) -> list[int]:
         )
 
 
+def start_chunk(engine: Engine, job_id: str, chunk: int) -> bool:
+    """Count an attempt at a pending chunk; False when the chunk is done already (or unknown).
+
+    One statement instead of reading the chunk first; `attempts` above 1 shows a chunk was redelivered
+    (its worker died, or the message came back after the visibility timeout).
+    """
+    with engine.begin() as connection:
+        return bool(
+            connection.execute(
+                update(PopulationChunk)
+                .where(PopulationChunk.job_id == job_id, PopulationChunk.number == chunk, PopulationChunk.status == "pending")
+                .values(attempts=PopulationChunk.attempts + 1, updated_at=utcnow())
+            ).rowcount
+        )
+
+
 def record_chunk(engine: Engine, job_id: str, chunk: int, rows: list[dict[str, Any]]) -> bool:
     """Store a chunk's assessments once. False when the chunk was already done (a redelivery)."""
     with engine.begin() as connection:
         taken = connection.execute(
             update(PopulationChunk)
             .where(PopulationChunk.job_id == job_id, PopulationChunk.number == chunk, PopulationChunk.status == "pending")
-            .values(status="done", patients=len(rows), attempts=PopulationChunk.attempts + 1, updated_at=utcnow())
+            .values(status="done", patients=len(rows), updated_at=utcnow())
         ).rowcount
         if not taken:
             return False
@@ -284,11 +424,15 @@ def write_worklist(engine: Engine, job_id: str, out: Path) -> Worklist:
         .order_by(PopulationAssessment.score.desc(), PopulationAssessment.patient_id)
     )
     csv_path, ndjson_path = out / "worklist.csv", out / "worklist.ndjson"
+    # written under names of their own and renamed when complete: a redelivered finish task running
+    # beside the first one cannot interleave lines, and a reader never sees half a worklist
+    scratch = f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    csv_tmp, ndjson_tmp = csv_path.with_name(csv_path.name + scratch), ndjson_path.with_name(ndjson_path.name + scratch)
     count = 0
     with (
         engine.connect() as connection,
-        csv_path.open("w", newline="", encoding="utf-8") as csv_file,
-        ndjson_path.open("wb") as nd,
+        csv_tmp.open("w", newline="", encoding="utf-8") as csv_file,
+        ndjson_tmp.open("wb") as nd,
     ):
         writer = csv.writer(csv_file)
         writer.writerow(WORKLIST_COLUMNS)
@@ -306,6 +450,8 @@ def write_worklist(engine: Engine, job_id: str, out: Path) -> Worklist:
             nd.write(orjson.dumps(entry) + b"\n")
             writer.writerow([_cell(entry[c]) for c in WORKLIST_COLUMNS])
             count += 1
+    csv_tmp.replace(csv_path)
+    ndjson_tmp.replace(ndjson_path)
     with engine.begin() as connection:
         set_status(connection, job_id, "done", worklisted=count)
     return Worklist(csv_path, ndjson_path, count)
@@ -326,7 +472,7 @@ def stale_jobs(engine: Engine, older_than_seconds: int) -> list[dict[str, Any]]:
     cutoff = datetime.now(UTC).timestamp() - older_than_seconds
     with engine.connect() as connection:
         rows = connection.execute(
-            select(PopulationJob).where(PopulationJob.status.in_(("splitting", "scoring", "finishing")))
+            select(PopulationJob).where(PopulationJob.status.in_(("exporting", "splitting", "scoring", "finishing")))
         ).all()
     out = []
     for row in rows:

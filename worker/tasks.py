@@ -6,9 +6,11 @@ patient record is reported in the job's results and never retried.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -16,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import orjson
 from celery import Task, shared_task
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -80,8 +83,21 @@ def split_job(job_id: str, source: str) -> int:
         except (population.JobError, FileNotFoundError, NotADirectoryError) as exc:
             population.fail(ctx.engine, job_id, str(exc))
             return 0
-        partitions = max(1, math.ceil(population.count_patients(files) / ctx.settings.population_chunk_size))
-        population.split(files, population.job_dir(ctx.settings.instance_path, job_id), partitions)
+        folder = population.job_dir(ctx.settings.instance_path, job_id)
+        try:
+            partitions = max(1, math.ceil(population.count_patients(files) / ctx.settings.population_chunk_size))
+            counts = population.split(files, folder, partitions)
+        except (population.JobError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            population.fail(ctx.engine, job_id, str(exc))  # a corrupt file: retrying cannot help
+            return 0
+        (folder / "split.json").write_bytes(orjson.dumps({"files": len(files), "partitions": partitions, **counts}))
+        if counts["unreadable"] or counts["without_patient"]:
+            log.warning(
+                "job %s: %d unreadable lines and %d resources without a patient were left out",
+                job_id,
+                counts["unreadable"],
+                counts["without_patient"],
+            )
         population.register_chunks(ctx.engine, job_id, partitions)
     pending = population.pending_chunks(ctx.engine, job_id)
     for number in pending:
@@ -94,14 +110,22 @@ def split_job(job_id: str, source: str) -> int:
 @reliable_task("population.score_chunk", soft_time_limit=600)
 def score_chunk(job_id: str, number: int) -> bool:
     ctx = context()
-    current = population.job(ctx.engine, job_id)
-    if current is None or number not in population.pending_chunks(ctx.engine, job_id):
+    if not population.start_chunk(ctx.engine, job_id, number):
         return False  # done already: a redelivery
     part = population.job_dir(ctx.settings.instance_path, job_id) / f"part-{number:05d}.ndjson"
-    rows = population.assess_partition(ctx.model, part, date.fromisoformat(current["as_of"]), number, job_id)
+    rows = population.assess_partition(ctx.model, part, _as_of(ctx.engine, job_id), number, job_id)
     stored = population.record_chunk(ctx.engine, job_id, number, rows)
     finish_if_complete(job_id)
     return stored
+
+
+@lru_cache(maxsize=64)
+def _as_of(engine: Engine, job_id: str) -> date:
+    """A job's assessment date, read once per process and job: it never changes."""
+    current = population.job(engine, job_id)
+    if current is None:
+        raise LookupError(job_id)
+    return date.fromisoformat(current["as_of"])
 
 
 def finish_if_complete(job_id: str) -> None:
@@ -139,7 +163,11 @@ def resume(job_id: str) -> None:
     current = population.job(context().engine, job_id)
     if current is None:
         return
-    if current["status"] in ("splitting", "scoring"):
+    if current["status"] == "exporting":
+        from worker.export_tasks import resume_export  # it builds on these tasks
+
+        resume_export(job_id)
+    elif current["status"] in ("splitting", "scoring"):
         split_job.delay(job_id, current["source"])
     elif current["status"] == "finishing":
         finish_job.delay(job_id)
