@@ -206,7 +206,7 @@ def users_add(username: str, role: str, password_stdin: bool) -> None:
     if role not in ROLES:
         raise click.ClickException(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     if password_stdin:
-        password = click.get_text_stream("stdin").read().rstrip("\r\n")
+        password = sys.stdin.read().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     _, engine = _store()
