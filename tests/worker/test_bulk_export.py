@@ -686,12 +686,17 @@ def test_with_a_queue_the_poll_task_enqueues_itself_with_a_capped_countdown(
     with client(server, credentials(keys, server)) as bulk:
         status_url = bulk.kickoff()
     job_id = exporting_job(server, keys, status_url)
-    monkeypatch.setattr(export_tasks.export_poll.app.conf, "task_always_eager", False)  # as with Redis; nothing is sent
+    conf = export_tasks.export_poll.app.conf
+    eager = conf.get("task_always_eager", False)
+    conf.update(task_always_eager=False)  # as with Redis; nothing is sent
     enqueued: list[tuple[Any, float]] = []
     monkeypatch.setattr(export_tasks.export_poll, "apply_async", lambda args, countdown: enqueued.append((args, countdown)))
-    assert export_tasks.export_poll(job_id) == "polling"
-    assert export_tasks.export_poll(job_id, 1, 0) == "polling"
-    assert export_tasks.export_poll(job_id, 9, 0) == "polling"
+    try:
+        assert export_tasks.export_poll(job_id) == "polling"
+        assert export_tasks.export_poll(job_id, 1, 0) == "polling"
+        assert export_tasks.export_poll(job_id, 9, 0) == "polling"
+    finally:
+        conf.update(task_always_eager=eager)
     assert enqueued == [((job_id, 1, 0), 1.0), ((job_id, 2, 0), 2.0), ((job_id, 10, 0), 60.0)]
     job, _, _ = job_rows(instance)
     assert job["status"] == "exporting" and server.polls == 3
