@@ -20,6 +20,7 @@ from flask import Blueprint, Response, redirect, render_template, request, url_f
 from markdown.extensions import Extension
 from markdown.treeprocessors import Treeprocessor
 from markupsafe import Markup
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -404,3 +405,15 @@ def _is_table_url(referrer: str | None) -> bool:
         return False
     parts = urlsplit(referrer)
     return parts.netloc == request.host and parts.path == url_for("audit_pages.decisions")
+
+
+@bp.get("/population")
+@login_required
+def population_jobs(auditor: Auditor) -> Any:
+    from cds_service.models import PopulationJob
+    from cds_service.population_views import job_summary
+
+    with _engine().connect() as connection:
+        rows = connection.execute(select(PopulationJob).order_by(PopulationJob.created_at.desc()).limit(200)).mappings().all()
+    components().decision_log.record_access(auditor.username, "page.population", {})
+    return render_template("audit_population.html", jobs=[job_summary(row) for row in rows], auditor=auditor)

@@ -491,3 +491,29 @@ def test_audit_pages_carry_no_cors_headers(auditor: httpx.Client) -> None:
     response = auditor.get("/audit/", headers={"Origin": "https://elsewhere.example"})
     assert response.status_code == 200
     assert "access-control-allow-origin" not in response.headers
+
+
+def test_the_population_page_lists_jobs_with_their_counts(service_factory: Callable[..., RunningService]) -> None:
+    from datetime import date
+
+    from hooks.model import load_model
+    from worker import population
+
+    running = service_factory()
+    engine = running.app.extensions["spine_cds"].engine
+    add_user(engine, "population-auditor", "a-long-auditor-password")
+    job_id = population.create_job(engine, load_model(), "/exports/site-a", date(2026, 11, 24))
+    population.register_chunks(engine, job_id, 2)
+    rows = [{"job_id": job_id, "chunk": 0, "patient_id": "p-77", "status": "scored", "worklist": True, "band": "likely"}]
+    assert population.record_chunk(engine, job_id, 0, rows)
+    with httpx.Client(base_url=running.base_url, timeout=10, follow_redirects=False) as client:
+        assert location(client.get("/audit/population")).startswith("/audit/login")
+        assert location(log_in(client, "population-auditor", "a-long-auditor-password")) == "/audit/"
+        page = client.get("/audit/population")
+    assert page.status_code == 200
+    assert job_id in page.text and 'data-status="scoring"' in page.text
+    assert "1 / 2 chunks" in page.text
+    assert "p-77" not in page.text  # counts only: worklists name patients and stay with the job's files
+    with engine.connect() as connection:
+        actions = connection.execute(text("SELECT action FROM access_log ORDER BY id")).scalars().all()
+    assert actions[-1] == "page.population"
