@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import insert, or_, select
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cds_service.audit import chain
@@ -80,39 +81,54 @@ class DecisionLog:
         A successful decision is idempotent on (service, hookInstance): a retry gets the first answer.
         Failed attempts (400, 412) are logged too but answer nothing, so a retry after one is assessed.
         With a snooze rule, a decision with cards is checked against recent overrides for the same
-        patient and logged as "snoozed" without cards when one applies. Everything happens under the
-        chain lock, so two identical calls racing each other still log one decision.
+        patient and logged as "snoozed" without cards when one applies. The chain lock is taken last,
+        so appends queue only for the link and the commit; the duplicate check runs under it, so two
+        identical calls racing each other still log one decision.
         """
-        with self.engine.begin() as connection:
-            chain.lock(connection)
-            if decision.status_code == 200 and decision.hook_instance is not None:
-                existing = connection.execute(
-                    select(Decision)
-                    .where(
-                        Decision.service_id == decision.service_id,
-                        Decision.hook_instance == decision.hook_instance,
-                        Decision.status_code == 200,
+        try:
+            with self.engine.begin() as connection:
+                if snooze and decision.cards and self._snoozed(connection, decision, snooze):
+                    decision.cards, decision.card_uuids, decision.suggestion_uuids = [], [], []
+                    decision.outcome = "snoozed"
+                values = {c.key: getattr(decision, c.key) for c in Decision.__table__.columns if c.key != "id"}
+                values["created_at"] = values["created_at"] or utcnow()
+                # parameters passed apart from the statement let SQLAlchemy reuse its compiled form
+                decision_id = connection.execute(_INSERT_DECISION, values).scalar_one()
+                if decision.card_uuids:
+                    connection.execute(
+                        insert(IssuedCard), [{"card_uuid": u, "decision_id": decision_id} for u in decision.card_uuids]
                     )
-                    .order_by(Decision.id)
-                    .limit(1)
-                ).first()
-                if existing is not None:
-                    return _decision(existing._mapping)
-            if snooze and decision.cards and self._snoozed(connection, decision, snooze):
-                decision.cards, decision.card_uuids, decision.suggestion_uuids = [], [], []
-                decision.outcome = "snoozed"
-            values = {c.key: getattr(decision, c.key) for c in Decision.__table__.columns if c.key != "id"}
-            values["created_at"] = values["created_at"] or utcnow()
-            # parameters passed apart from the statement let SQLAlchemy reuse its compiled form
-            decision_id = connection.execute(_INSERT_DECISION, values).scalar_one()
-            if decision.card_uuids:
-                connection.execute(
-                    insert(IssuedCard), [{"card_uuid": u, "decision_id": decision_id} for u in decision.card_uuids]
-                )
-            chain.link(connection, self.audit_key, "decision", decision_id, {"id": decision_id, **values})
+                chain.lock(connection)
+                earlier = self._answered(connection, decision, excluding=decision_id)
+                if earlier is not None:
+                    raise _AlreadyLogged(earlier)  # rolls this attempt back
+                chain.link(connection, self.audit_key, "decision", decision_id, {"id": decision_id, **values})
+        except _AlreadyLogged as logged:
+            return logged.decision
+        except IntegrityError:
+            # the same card uuids, committed by a concurrent identical call a moment earlier
+            with self.engine.connect() as connection:
+                earlier = self._answered(connection, decision, excluding=None)
+            if earlier is None:
+                raise
+            return earlier
         decision.id = decision_id
         decision.created_at = values["created_at"]
         return decision
+
+    @staticmethod
+    def _answered(connection: Connection, decision: Decision, excluding: int | None) -> Decision | None:
+        if decision.status_code != 200 or decision.hook_instance is None:
+            return None
+        query = select(Decision).where(
+            Decision.service_id == decision.service_id,
+            Decision.hook_instance == decision.hook_instance,
+            Decision.status_code == 200,
+        )
+        if excluding is not None:  # this attempt's own row; any other committed answer wins
+            query = query.where(Decision.id != excluding)
+        row = connection.execute(query.order_by(Decision.id).limit(1)).first()
+        return _decision(row._mapping) if row is not None else None
 
     @staticmethod
     def _snoozed(connection: Connection, decision: Decision, rule: SnoozeRule) -> bool:
@@ -171,6 +187,12 @@ class DecisionLog:
             chain.lock(connection)
             access_id = connection.execute(insert(AccessRecord).returning(AccessRecord.id), values).scalar_one()
             chain.link(connection, self.audit_key, "access", access_id, {"id": access_id, **values})
+
+
+class _AlreadyLogged(Exception):
+    def __init__(self, decision: Decision) -> None:
+        super().__init__("already logged")
+        self.decision = decision
 
 
 def _decision(row: Any) -> Decision:

@@ -262,3 +262,25 @@ def test_a_patient_using_the_app_is_logged_by_pseudonym_only(running: RunningSer
     row = log.decision(hook_instance=body["hookInstance"])
     assert row["user_id"].startswith("Patient/pseudonym-")
     assert "self-123" not in str(row)
+
+
+def test_identical_calls_racing_each_other_log_one_answer(running: RunningService, log: LogReader) -> None:
+    """Two deliveries of the same hook call at the same moment: one decision, the same cards to both."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    body = patient_view_of(patient(fresh_seed()))
+    start = Barrier(4)
+
+    def send(_: int) -> dict[str, Any]:
+        start.wait()
+        response = running.post(PATIENT_VIEW, body)
+        assert response.status_code == 200
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(send, range(4)))
+    assert all(a == answers[0] for a in answers) and len(answers[0]["cards"]) == 1
+    rows = log.decisions(hook_instance=body["hookInstance"])
+    assert [(r["status_code"], r["card_uuids"]) for r in rows] == [(200, [answers[0]["cards"][0]["uuid"]])]
