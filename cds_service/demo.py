@@ -152,6 +152,10 @@ def run_demo(host: str, port: int, instance: Path, once: bool, echo: Callable[[s
         server.shutdown()
         return
     echo(f"\nStill serving at {base_url}; press Ctrl-C to stop. Model documentation: {base_url}/model")
+    echo(
+        f"Decision log for auditors: {base_url}/audit (create an account first with "
+        f"`SPINE_CDS_INSTANCE_PATH={instance} spine-cds users add NAME`)"
+    )
     try:
         thread.join()
     except KeyboardInterrupt:
