@@ -178,8 +178,8 @@ class HookPipeline:
         row.assessment = assessment.to_dict()
         # the log names the patient only by pseudonym: cards are stored with their Patient reference masked
         row.cards = _swap(cards, f"Patient/{patient_id}", _PATIENT_MASK) if patient_id else cards
-        row.card_uuids = [c["uuid"] for c in cards]
-        row.suggestion_uuids = [s["uuid"] for c in cards for s in c.get("suggestions", [])]
+        row.card_uuids = evaluation.card_uuids()
+        row.suggestion_uuids = evaluation.suggestion_uuids()
         row.outcome, row.status_code = outcome, 200
         row.latency_ms = (time.perf_counter() - started) * 1000
         stored = self.log.append(row, self.snooze)

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from hooks.assessment import Assessment, Assessor
-from hooks.fhir import RecordReader, read_record
+from hooks.fhir import RecordReader, patient_id_of, read_record
 from hooks.model import Model
 from hooks.synthetic import PROFILES, generate
 
@@ -95,8 +95,9 @@ def _patient_of(resource: Mapping[str, Any]) -> str | None:
     for key in ("subject", "patient"):
         ref = resource.get(key)
         target = ref.get("reference") if isinstance(ref, Mapping) else None
-        if isinstance(target, str) and target.startswith("Patient/"):
-            return target[8:]
+        found = patient_id_of(target) if isinstance(target, str) else None
+        if found:
+            return found
     return None
 
 

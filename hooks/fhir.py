@@ -147,7 +147,7 @@ def _path_value(resource: Mapping[str, Any], path: str) -> Any:
     return value
 
 
-def _patient_id_of(target: str) -> str | None:
+def patient_id_of(target: str) -> str | None:
     """The id a Patient reference names (relative, absolute or versioned); None when it names none."""
     head, sep, tail = target.rpartition("Patient/")
     if not sep or (head and not head.endswith("/")):
@@ -245,7 +245,7 @@ class RecordReader:
         if not isinstance(resource_type, str) or resource_type not in RELEVANT_TYPES:
             return
         # the code match comes first: it is the cheapest way to drop the many resources that cannot matter
-        matches = self._match(resource, resource_type) if resource_type != "Patient" else []
+        matches = self.match(resource, resource_type) if resource_type != "Patient" else []
         if not matches and resource_type != "Patient":
             return
         reference = _reference(resource, full_url)
@@ -265,13 +265,13 @@ class RecordReader:
         subject = resource.get("subject")
         target = subject.get("reference") if isinstance(subject, dict) else None
         patient_id = self.record.patient_id
-        named = _patient_id_of(target) if isinstance(target, str) else None
+        named = patient_id_of(target) if isinstance(target, str) else None
         if patient_id and named is not None and named != patient_id:
             self.record.notes.append(f"{reference} belongs to another patient and was ignored.")
             return False
         return True
 
-    def _match(self, resource: Mapping[str, Any], resource_type: str) -> list[tuple[str, Coding]]:
+    def match(self, resource: Mapping[str, Any], resource_type: str) -> list[tuple[str, Coding]]:
         lookup = self.index.lookup
         found: list[tuple[str, Coding]] = []
         concepts = [resource.get("code")]
@@ -285,7 +285,7 @@ class RecordReader:
                     found.append((value_set, Coding(str(system), str(code), display if isinstance(display, str) else None)))
         return found
 
-    def _valid(self, resource: Mapping[str, Any], reference: str) -> bool:
+    def validate(self, resource: Mapping[str, Any], reference: str) -> bool:
         self.record.validated_count += 1
         problem = validation_problem(resource)
         if problem:
@@ -300,7 +300,7 @@ class RecordReader:
             return
         if self.record.patient_reference is not None:
             return
-        if not self._valid(resource, reference):
+        if not self.validate(resource, reference):
             return
         if self.record.patient_id is None and isinstance(resource_id, str):
             self.record.patient_id = resource_id
@@ -338,7 +338,7 @@ class RecordReader:
         if verification in self._ignored_verification:
             return
         clinical = _status_code(resource.get("clinicalStatus"))
-        if not self._valid(resource, reference):
+        if not self.validate(resource, reference):
             return
         if clinical is _MISSING_STATUS:
             self.record.notes.append(f"{reference} has no clinical status; it was read as active.")
@@ -362,7 +362,7 @@ class RecordReader:
         status = resource.get("status")
         if not isinstance(status, str) or status not in self._counted_observation:
             return
-        if not self._valid(resource, reference):
+        if not self.validate(resource, reference):
             return
         when = _first_date(resource, *_DATE_PATHS["Observation"])
         value = _numeric_value(resource)
@@ -401,7 +401,7 @@ class RecordReader:
 
     def _procedure(self, resource: Mapping[str, Any], reference: str, matches: list[tuple[str, Coding]]) -> None:
         status = resource.get("status")
-        if status == "entered-in-error" or not self._valid(resource, reference):
+        if status == "entered-in-error" or not self.validate(resource, reference):
             return
         when = _first_date(resource, *_DATE_PATHS["Procedure"])
         for value_set, coding in matches:
@@ -416,18 +416,13 @@ class RecordReader:
                     laterality=self._laterality(resource, value_set, coding),
                 )
             )
-        self.record.interventions.append(self._intervention(resource, reference, matches, when))
+        self.record.interventions.append(read_intervention(self.model, resource, reference, matches, when))
 
     def _servicerequest(self, resource: Mapping[str, Any], reference: str, matches: list[tuple[str, Coding]]) -> None:
-        if resource.get("status") == "entered-in-error" or not self._valid(resource, reference):
+        if resource.get("status") == "entered-in-error" or not self.validate(resource, reference):
             return
         when = _first_date(resource, *_DATE_PATHS["ServiceRequest"])
-        self.record.interventions.append(self._intervention(resource, reference, matches, when))
-
-    def _intervention(
-        self, resource: Mapping[str, Any], reference: str, matches: list[tuple[str, Coding]], when: date | None
-    ) -> Intervention:
-        return read_intervention(self.model, resource, reference, matches, when)
+        self.record.interventions.append(read_intervention(self.model, resource, reference, matches, when))
 
 
 def _numeric_value(resource: Mapping[str, Any]) -> float | None:
@@ -488,8 +483,8 @@ def read_orders(model: Model, orders: Any, selections: Iterable[str] | None = No
             continue
         if resource["resourceType"] not in ("ServiceRequest", "Procedure"):
             continue
-        matches = reader._match(resource, resource["resourceType"])
-        if not matches or not reader._valid(resource, reference):
+        matches = reader.match(resource, resource["resourceType"])
+        if not matches or not reader.validate(resource, reference):
             continue
         when = _first_date(resource, *_DATE_PATHS[resource["resourceType"]])
         interventions.append(read_intervention(model, resource, reference, matches, when))

@@ -12,15 +12,7 @@ TODAY = date.today()
 
 
 def patient_view(profile: str = "radiculopathy-knee-pain", *, prefetch: bool = True, seed: int = 0) -> dict[str, Any]:
-    resources = generate(profile, seed=seed, today=TODAY)
-    body: dict[str, Any] = {
-        "hook": "patient-view",
-        "hookInstance": str(uuid.uuid4()),
-        "context": {"userId": "Practitioner/dr-1", "patientId": resources[0]["id"]},
-    }
-    if prefetch:
-        body["prefetch"] = prefetch_for(resources)
-    return body
+    return patient_view_of(generate(profile, seed=seed, today=TODAY), prefetch=prefetch)
 
 
 def knee_mri(factory: Factory) -> dict[str, Any]:
