@@ -15,6 +15,7 @@ and throughput with a fixed number of concurrent clients (closed loop).
 from __future__ import annotations
 
 import argparse
+import resource
 import json
 import os
 import shutil
@@ -110,6 +111,31 @@ def gunicorn(app: str, env: dict[str, str], workers: int, threads: int) -> Itera
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time (user + system) of the server, database and load-generator processes so far."""
+    groups = {"server": 0.0, "database": 0.0}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # exited meanwhile
+        command = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / _TICKS
+        if command.startswith("postgres"):
+            groups["database"] += seconds
+        elif command.startswith(("gunicorn", "python")) and "gunicorn" in Path(stat.parent, "cmdline").read_bytes().decode(
+            errors="replace"
+        ):
+            groups["server"] += seconds
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    groups["load generator"] = children.ru_utime + children.ru_stime  # wrk, a child that has exited
+    return groups
 
 
 def _request(client: httpx.Client, body_template: bytes, token: str) -> tuple[float, int]:
@@ -218,6 +244,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=("floor", "service"), help="run one target (no ratio is printed)")
     args = parser.parse_args()
 
     signer = Signer()
@@ -241,30 +268,43 @@ def main() -> None:
         )
         env["SPINE_CDS_AUTO_MIGRATE"] = "false"
         needed = int(args.rate * args.seconds) + 40_000
-        for name, app in (("floor", "bench.floor_app:app"), ("service", "cds_service.wsgi:app")):
+        targets = (("floor", "bench.floor_app:app"), ("service", "cds_service.wsgi:app"))
+        for name, app in (t for t in targets if args.only in (None, t[0])):
             with gunicorn(app, env, args.workers, args.threads) as base:
                 tokens = signer.tokens(base + SERVICE_PATH, needed)
                 _request(httpx.Client(base_url=base), body, tokens.pop())  # warm-up
                 latency = fixed_rate(base, body, tokens[: int(args.rate * args.seconds)], args.rate, args.seconds)
                 rest = tokens[int(args.rate * args.seconds) :]
+                before = cpu_seconds()
                 if shutil.which("wrk"):
                     throughput = wrk_closed_loop(base, body, rest, args.concurrency, args.seconds)
                 else:
                     throughput = closed_loop(base, body, rest, args.concurrency, args.seconds)
+                after = cpu_seconds()
+                # CPU per request, by process group, over the throughput run: where the two cores go
+                throughput["cpu_ms_per_request"] = {
+                    group: round((after[group] - before[group]) * 1000 / max(1, throughput["requests"]), 3) for group in after
+                }
                 results[name] = {"latency_at_rate": latency, "throughput": throughput}
         results["database"] = "sqlite" if database.startswith("sqlite") else "postgresql"
-    floor, service = results["floor"], results["service"]
     print(json.dumps(results, indent=2))
-    print(
-        f"\n{args.resources}-resource prefetch, {results['database']} decision log, {args.workers} workers x {args.threads} threads\n"
-        f"{'':10} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}\n"
-        f"{'floor':10} {floor['latency_at_rate']['p50_ms']:>8} {floor['latency_at_rate']['p99_ms']:>8} {floor['throughput']['rps']:>8}\n"
-        f"{'service':10} {service['latency_at_rate']['p50_ms']:>8} {service['latency_at_rate']['p99_ms']:>8} {service['throughput']['rps']:>8}\n"
-        f"throughput ratio service/floor: {service['throughput']['rps'] / floor['throughput']['rps']:.2f}"
-    )
+    lines = [
+        f"\n{args.resources}-resource prefetch, {results['database']} decision log, {args.workers} workers x {args.threads} threads",
+        f"{'':10} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}",
+    ]
+    for name in ("floor", "service"):
+        if name in results:
+            rate, closed = results[name]["latency_at_rate"], results[name]["throughput"]
+            lines.append(f"{name:10} {rate['p50_ms']:>8} {rate['p99_ms']:>8} {closed['rps']:>8}")
+    if "floor" in results and "service" in results:
+        lines.append(
+            f"throughput ratio service/floor: {results['service']['throughput']['rps'] / results['floor']['throughput']['rps']:.2f}"
+        )
+    print("\n".join(lines))
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / f"hooks-{results['database']}.json").write_text(json.dumps(results, indent=2))
+    suffix = f"-{args.only}" if args.only else ""
+    (out / f"hooks-{results['database']}{suffix}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

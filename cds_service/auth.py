@@ -7,7 +7,9 @@ reason goes to the log, the token never does.
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 
 import httpx
 import jwt
+import orjson
 from jwt import PyJWK
 
 from cds_service.errors import Unauthorized
@@ -100,6 +103,26 @@ class KeySets:
         return _find(jwks, kid)
 
 
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _segment(value: str) -> dict[str, Any]:
+    if not _SEGMENT.fullmatch(value):
+        raise ValueError("not base64url")
+    decoded = orjson.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+    if not isinstance(decoded, dict):
+        raise ValueError("not a JSON object")
+    return decoded
+
+
+def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims, unverified: they only choose the issuer and key; jwt.decode then checks all."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a compact JWS")
+    return _segment(parts[0]), _segment(parts[1])
+
+
 def _find(jwks: dict[str, Any], kid: str) -> dict[str, Any] | None:
     for key in jwks.get("keys", []):
         if isinstance(key, dict) and key.get("kid") == kid:
@@ -114,6 +137,7 @@ class Authenticator:
         self.jti_ttl = settings.jti_ttl_seconds
         self.replay = replay
         self.key_sets = key_sets
+        self._keys: dict[tuple[str, bytes], PyJWK] = {}
 
     def verify(self, authorization: str | None, audience: str) -> Caller:
         scheme, _, token = (authorization or "").partition(" ")
@@ -122,10 +146,9 @@ class Authenticator:
             raise Unauthorized("no bearer token")
         token = token.strip()
         try:
-            header = jwt.get_unverified_header(token)
-            claims = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError as exc:
-            raise Unauthorized(f"unreadable token ({type(exc).__name__})") from None
+            header, claims = _peek(token)
+        except ValueError:
+            raise Unauthorized("unreadable token") from None
         alg = header.get("alg")
         if alg not in ALGORITHMS:
             raise Unauthorized(f"algorithm {alg!r} not accepted")
@@ -140,7 +163,7 @@ class Authenticator:
         try:
             verified = jwt.decode(
                 token,
-                PyJWK(jwk, algorithm=alg),
+                self._prepared(jwk, alg),
                 algorithms=[alg],
                 audience=audience,
                 issuer=issuer_name,
@@ -160,6 +183,20 @@ class Authenticator:
         return Caller(
             issuer_name, subject if isinstance(subject, str) else None, tenant if isinstance(tenant, str) else None, jti
         )
+
+    def _prepared(self, jwk: dict[str, Any], alg: str) -> PyJWK:
+        """The key object for a JWK, built once: a JWKS refresh that changes the key changes the cache key."""
+        cache_key = (alg, orjson.dumps(jwk, option=orjson.OPT_SORT_KEYS))
+        prepared = self._keys.get(cache_key)
+        if prepared is None:
+            try:
+                prepared = PyJWK(jwk, algorithm=alg)
+            except jwt.PyJWTError as exc:
+                raise Unauthorized(f"unusable key ({type(exc).__name__})") from None
+            if len(self._keys) >= 256:
+                self._keys.clear()
+            self._keys[cache_key] = prepared
+        return prepared
 
     def _key(self, issuer: TrustedIssuer, header: dict[str, Any], kid: str) -> dict[str, Any]:
         jku = header.get("jku")

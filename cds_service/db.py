@@ -11,9 +11,11 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import insert, or_, select
+from sqlalchemy import Insert, Integer, Select, String, bindparam, exists, func, insert, or_, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -60,7 +62,45 @@ class SnoozeRule:
     days: int
 
 
+_DECISION_COLUMNS = tuple(c for c in Decision.__table__.columns if c.key != "id")
 _INSERT_DECISION = insert(Decision).returning(Decision.id)
+_INSERT_LOG_ENTRY = insert(LogEntry)
+
+
+@cache  # built once per shape, so SQLAlchemy's compiled cache is hit on every later call
+def _state_query(snooze: bool, postgres: bool) -> Select[Any]:
+    """One row read under the chain lock: the chain head, whether an override snoozes the cards, and on
+    PostgreSQL the new decision's id (so the decision, its cards and its link go in one statement)."""
+    columns: list[Any] = [chain.HEAD.c.seq, chain.HEAD.c.entry_hash]
+    if snooze:
+        recent_override = select(Feedback.id).where(
+            Feedback.service_id == bindparam("service_id"),
+            Feedback.patient_pseudonym == bindparam("patient_pseudonym"),
+            Feedback.outcome == "overridden",
+            Feedback.override_code.in_(bindparam("snooze_codes", expanding=True)),
+            or_(Feedback.override_system == bindparam("snooze_system"), Feedback.override_system.is_(None)),
+            Feedback.created_at >= bindparam("snooze_since", type_=Feedback.created_at.type),
+        )
+        columns.append(exists(recent_override).label("snoozed"))
+    if postgres:
+        columns.append(
+            select(func.nextval(func.pg_get_serial_sequence("decisions", "id"))).scalar_subquery().label("decision_id")
+        )
+    return select(*columns)
+
+
+def _postgres_insert() -> Insert:
+    """The decision, its issued cards and its chain link as one statement (data-modifying CTEs)."""
+    decision = insert(Decision).values(
+        id=bindparam("id", type_=Integer), **{c.key: bindparam(c.key, type_=c.type) for c in _DECISION_COLUMNS}
+    )
+    card_uuids = func.unnest(bindparam("card_list", type_=postgresql.ARRAY(String)))
+    cards = insert(IssuedCard).from_select(["card_uuid", "decision_id"], select(card_uuids, bindparam("id", type_=Integer)))
+    link = {c.key: bindparam(f"link_{c.key}", type_=c.type) for c in LogEntry.__table__.columns}
+    return insert(LogEntry).values(link).add_cte(decision.cte("new_decision"), cards.cte("new_cards"))
+
+
+_INSERT_ALL_POSTGRES = _postgres_insert()
 
 
 class DecisionLog:
@@ -69,6 +109,7 @@ class DecisionLog:
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self._key = pseudonym_key
         self.audit_key = audit_key
+        self._postgres = engine.dialect.name == "postgresql"
 
     def pseudonym(self, patient_id: str | None) -> str | None:
         if not patient_id:
@@ -78,46 +119,60 @@ class DecisionLog:
     def append(self, decision: Decision, snooze: SnoozeRule | None = None) -> Decision:
         """Commit the decision and its chain link, or return the answer already logged for this call.
 
-        A successful decision is idempotent on (service, hookInstance): a retry gets the first answer.
-        Failed attempts (400, 412) are logged too but answer nothing, so a retry after one is assessed.
-        With a snooze rule, a decision with cards is checked against recent overrides for the same
-        patient and logged as "snoozed" without cards when one applies. The chain lock is taken last,
-        so appends queue only for the link and the commit; the duplicate check runs under it, so two
-        identical calls racing each other still log one decision.
+        A successful decision is idempotent on (service, hookInstance): a retry gets the first answer,
+        enforced by a unique index over the answered calls, so two identical calls racing each other
+        still log one decision. Failed attempts (400, 412) are logged too but answer nothing, so a retry
+        after one is assessed. With a snooze rule, a decision with cards is checked against recent
+        overrides for the same patient and logged as "snoozed" without cards when one applies.
+        On PostgreSQL an append is four round trips: the lock, one read, one insert, the commit.
         """
+        values = {c.key: getattr(decision, c.key) for c in _DECISION_COLUMNS}
+        values["created_at"] = values["created_at"] or utcnow()
+        check_snooze = bool(snooze and decision.cards and decision.patient_pseudonym and snooze.days > 0)
+        parameters: dict[str, Any] = {}
+        if snooze and check_snooze:
+            parameters = {
+                "service_id": decision.service_id,
+                "patient_pseudonym": decision.patient_pseudonym,
+                "snooze_codes": sorted(snooze.codes),
+                "snooze_system": snooze.system,
+                "snooze_since": utcnow() - timedelta(days=snooze.days),
+            }
         try:
             with self.engine.begin() as connection:
-                if snooze and decision.cards and self._snoozed(connection, decision, snooze):
-                    decision.cards, decision.card_uuids, decision.suggestion_uuids = [], [], []
-                    decision.outcome = "snoozed"
-                values = {c.key: getattr(decision, c.key) for c in Decision.__table__.columns if c.key != "id"}
-                values["created_at"] = values["created_at"] or utcnow()
-                # parameters passed apart from the statement let SQLAlchemy reuse its compiled form
-                decision_id = connection.execute(_INSERT_DECISION, values).scalar_one()
-                if decision.card_uuids:
-                    connection.execute(
-                        insert(IssuedCard), [{"card_uuid": u, "decision_id": decision_id} for u in decision.card_uuids]
-                    )
                 chain.lock(connection)
-                earlier = self._answered(connection, decision, excluding=decision_id)
-                if earlier is not None:
-                    raise _AlreadyLogged(earlier)  # rolls this attempt back
-                chain.link(connection, self.audit_key, "decision", decision_id, {"id": decision_id, **values})
-        except _AlreadyLogged as logged:
-            return logged.decision
+                state = connection.execute(_state_query(check_snooze, self._postgres), parameters).one()
+                if check_snooze and state.snoozed:
+                    values.update(cards=[], card_uuids=[], suggestion_uuids=[], outcome="snoozed")
+                if self._postgres:
+                    decision_id = int(state.decision_id)
+                else:
+                    decision_id = connection.execute(_INSERT_DECISION, values).scalar_one()
+                link = chain.entry(
+                    self.audit_key, "decision", decision_id, {"id": decision_id, **values}, state.seq, state.entry_hash
+                )
+                card_uuids = values["card_uuids"]
+                if self._postgres:
+                    links = {f"link_{k}": v for k, v in link.items()}
+                    connection.execute(_INSERT_ALL_POSTGRES, {"id": decision_id, "card_list": card_uuids, **values, **links})
+                else:
+                    if card_uuids:
+                        connection.execute(insert(IssuedCard), [{"card_uuid": u, "decision_id": decision_id} for u in card_uuids])
+                    connection.execute(_INSERT_LOG_ENTRY, link)
         except IntegrityError:
-            # the same card uuids, committed by a concurrent identical call a moment earlier
+            # this call was already answered (or is being answered by an identical call a moment earlier)
             with self.engine.connect() as connection:
-                earlier = self._answered(connection, decision, excluding=None)
+                earlier = self._answered(connection, decision)
             if earlier is None:
                 raise
             return earlier
+        for key in ("cards", "card_uuids", "suggestion_uuids", "outcome", "created_at"):
+            setattr(decision, key, values[key])
         decision.id = decision_id
-        decision.created_at = values["created_at"]
         return decision
 
     @staticmethod
-    def _answered(connection: Connection, decision: Decision, excluding: int | None) -> Decision | None:
+    def _answered(connection: Connection, decision: Decision) -> Decision | None:
         if decision.status_code != 200 or decision.hook_instance is None:
             return None
         query = select(Decision).where(
@@ -125,28 +180,8 @@ class DecisionLog:
             Decision.hook_instance == decision.hook_instance,
             Decision.status_code == 200,
         )
-        if excluding is not None:  # this attempt's own row; any other committed answer wins
-            query = query.where(Decision.id != excluding)
         row = connection.execute(query.order_by(Decision.id).limit(1)).first()
         return _decision(row._mapping) if row is not None else None
-
-    @staticmethod
-    def _snoozed(connection: Connection, decision: Decision, rule: SnoozeRule) -> bool:
-        if decision.patient_pseudonym is None or rule.days <= 0:
-            return False
-        found = connection.scalar(
-            select(Feedback.id)
-            .where(
-                Feedback.service_id == decision.service_id,
-                Feedback.patient_pseudonym == decision.patient_pseudonym,
-                Feedback.outcome == "overridden",
-                Feedback.override_code.in_(sorted(rule.codes)),
-                or_(Feedback.override_system == rule.system, Feedback.override_system.is_(None)),
-                Feedback.created_at >= utcnow() - timedelta(days=rule.days),
-            )
-            .limit(1)
-        )
-        return found is not None
 
     @staticmethod
     def _by_instance(session: Session, service_id: str, hook_instance: str) -> Decision | None:
@@ -187,12 +222,6 @@ class DecisionLog:
             chain.lock(connection)
             access_id = connection.execute(insert(AccessRecord).returning(AccessRecord.id), values).scalar_one()
             chain.link(connection, self.audit_key, "access", access_id, {"id": access_id, **values})
-
-
-class _AlreadyLogged(Exception):
-    def __init__(self, decision: Decision) -> None:
-        super().__init__("already logged")
-        self.decision = decision
 
 
 def _decision(row: Any) -> Decision:

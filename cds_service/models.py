@@ -22,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -39,8 +40,19 @@ def utcnow() -> datetime:
 
 class Decision(Base):
     __tablename__ = "decisions"
-    # not unique: a failed call and its successful retry are both kept (the log is append-only)
-    __table_args__ = (Index("ix_decisions_service_instance", "service_id", "hook_instance"),)
+    __table_args__ = (
+        # not unique: a failed call and its successful retry are both kept (the log is append-only)
+        Index("ix_decisions_service_instance", "service_id", "hook_instance"),
+        # but a call is answered once: a retry or a racing duplicate gets the first answer
+        Index(
+            "uq_decisions_answered",
+            "service_id",
+            "hook_instance",
+            unique=True,
+            sqlite_where=text("status_code = 200"),
+            postgresql_where=text("status_code = 200"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

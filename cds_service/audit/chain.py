@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, delete, func, insert, select, text
+from sqlalchemy import BigInteger, Subquery, Table, delete, func, insert, literal, select, text, union_all
 from sqlalchemy.engine import Connection, Engine
 
 from cds_service.models import AccessRecord, Checkpoint, Decision, Feedback, IssuedCard, LogEntry, Verification
@@ -69,17 +69,36 @@ def lock(connection: Connection) -> None:
     # SQLite: the transaction began with BEGIN IMMEDIATE and already holds the write lock
 
 
+def _head_query() -> Subquery:
+    # the newest entry, else the newest purge checkpoint, else genesis: one row in every case
+    entries = select(LogEntry.seq, LogEntry.entry_hash).order_by(LogEntry.seq.desc()).limit(1).subquery()
+    checkpoints = select(Checkpoint.seq, Checkpoint.entry_hash).order_by(Checkpoint.seq.desc()).limit(1).subquery()
+    genesis = select(literal(0, BigInteger).label("seq"), literal(GENESIS).label("entry_hash"))
+    candidates = union_all(select(entries), select(checkpoints), genesis).subquery()
+    return select(candidates.c.seq, candidates.c.entry_hash).order_by(candidates.c.seq.desc()).limit(1).subquery("head")
+
+
+HEAD = _head_query()
+
+
 def head(connection: Connection) -> tuple[int, str]:
     """The last (seq, entry_hash): of the newest entry, else of the newest purge checkpoint, else genesis."""
-    last = connection.execute(select(LogEntry.seq, LogEntry.entry_hash).order_by(LogEntry.seq.desc()).limit(1)).first()
-    if last is not None:
-        return int(last.seq), str(last.entry_hash)
-    checkpoint = connection.execute(
-        select(Checkpoint.seq, Checkpoint.entry_hash).order_by(Checkpoint.seq.desc()).limit(1)
-    ).first()
-    if checkpoint is not None:
-        return int(checkpoint.seq), str(checkpoint.entry_hash)
-    return 0, GENESIS
+    row = connection.execute(select(HEAD.c.seq, HEAD.c.entry_hash)).one()
+    return int(row.seq), str(row.entry_hash)
+
+
+def entry(key: bytes, kind: str, entry_id: int, row: Mapping[str, Any], seq: int, prev: str) -> dict[str, Any]:
+    """The log_chain row that links `row` after the entry (seq, prev)."""
+    payload = payload_hash(row)
+    return {
+        "seq": seq + 1,
+        "kind": kind,
+        "entry_id": entry_id,
+        "created_at": datetime.now(UTC),
+        "payload_hash": payload,
+        "prev_hash": prev,
+        "entry_hash": entry_hash(key, kind, entry_id, payload, prev),
+    }
 
 
 def link(connection: Connection, key: bytes, kind: str, entry_id: int, row: Mapping[str, Any]) -> int:
@@ -88,18 +107,7 @@ def link(connection: Connection, key: bytes, kind: str, entry_id: int, row: Mapp
     The caller must have called `lock` at the start of the transaction.
     """
     seq, prev = head(connection)
-    payload = payload_hash(row)
-    connection.execute(
-        insert(LogEntry).values(
-            seq=seq + 1,
-            kind=kind,
-            entry_id=entry_id,
-            created_at=datetime.now(UTC),
-            payload_hash=payload,
-            prev_hash=prev,
-            entry_hash=entry_hash(key, kind, entry_id, payload, prev),
-        )
-    )
+    connection.execute(insert(LogEntry), entry(key, kind, entry_id, row, seq, prev))
     return seq + 1
 
 

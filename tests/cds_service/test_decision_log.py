@@ -16,7 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 
+from cds_service.models import MIGRATIONS, Decision
 from hooks.synthetic import generate
 from tests.cds_service.requests import FHIR_TOKEN, TODAY, fetched_from, order_sign, patient_view_of
 from tests.support import FhirServer, LogReader, RunningService, assert_cards_response
@@ -251,7 +256,22 @@ def test_a_retry_after_412_with_the_prefetch_gets_the_cards(running: RunningServ
 
 
 def test_the_schema_was_created_by_alembic(running: RunningService, log: LogReader) -> None:
-    assert log.scalars("SELECT version_num FROM alembic_version") == ["0003"]
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert log.scalars("SELECT version_num FROM alembic_version") == [ScriptDirectory.from_config(config).get_current_head()]
+
+
+def test_a_second_answer_to_one_call_is_refused_by_the_database(running: RunningService, log: LogReader) -> None:
+    """The unique index behind idempotency holds even for a writer that skips the service's code."""
+    body = patient_view_of(patient(fresh_seed()))
+    assert running.post(PATIENT_VIEW, body).status_code == 200
+    row = log.decision(hook_instance=body["hookInstance"])
+    second = {"service_id": row["service_id"], "hook_instance": body["hookInstance"], "latency_ms": 1.0}
+    with pytest.raises(IntegrityError), log.engine.begin() as connection:
+        connection.execute(insert(Decision), {**second, "outcome": "cards", "status_code": 200})
+    # a failed attempt at the same call is still logged beside the answer
+    with log.engine.begin() as connection:
+        connection.execute(insert(Decision), {**second, "outcome": "prefetch_unavailable", "status_code": 412})
 
 
 def test_a_patient_using_the_app_is_logged_by_pseudonym_only(running: RunningService, log: LogReader) -> None:
