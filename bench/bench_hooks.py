@@ -15,9 +15,9 @@ and throughput with a fixed number of concurrent clients (closed loop).
 from __future__ import annotations
 
 import argparse
-import resource
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -242,7 +242,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1))
+    parser.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 1))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("floor", "service"), help="run one target (no ratio is printed)")
     args = parser.parse_args()

@@ -47,7 +47,7 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--workers", default=None, type=int, help="gunicorn worker processes (default: twice the CPUs).")
+@click.option("--workers", default=None, type=int, help="gunicorn worker processes (default: one per CPU).")
 @click.option("--threads", default=2, show_default=True, type=int, help="threads per worker (prefetch fetches wait on I/O).")
 @click.option("--timeout", default=30, show_default=True, type=int, help="seconds before a stuck worker is restarted.")
 @click.option(
@@ -62,7 +62,8 @@ def serve(host: str, port: int, workers: int | None, threads: int, timeout: int,
     engine.dispose()
     pseudonym_key(settings)
     audit_key(settings)
-    count = workers or 2 * (os.cpu_count() or 1)
+    # one process per CPU: a hook call is CPU-bound under the GIL, and the threads cover waits on I/O
+    count = workers or max(2, os.cpu_count() or 1)
     if count > 1 and not settings.redis_url:
         click.echo("warning: without SPINE_CDS_REDIS_URL, replayed JWTs are detected per worker only", err=True)
     os.environ["SPINE_CDS_AUTO_MIGRATE"] = "false"

@@ -115,6 +115,10 @@ def validation_problem(resource: Mapping[str, Any]) -> str | None:
     return None
 
 
+# where a resource carries the codes the model's value sets are matched against
+_CODED_FIELDS: dict[str, tuple[str, ...]] = {"Observation": ("code", "valueCodeableConcept")}
+
+
 def _codings(concept: Any) -> Iterator[Mapping[str, Any]]:
     if isinstance(concept, dict):
         codings = concept.get("coding")
@@ -272,13 +276,17 @@ class RecordReader:
         return True
 
     def match(self, resource: Mapping[str, Any], resource_type: str) -> list[tuple[str, Coding]]:
+        # runs for every resource of a relevant type, most of which match nothing: kept flat on purpose
         lookup = self.index.lookup
         found: list[tuple[str, Coding]] = []
-        concepts = [resource.get("code")]
-        if resource_type == "Observation":
-            concepts.append(resource.get("valueCodeableConcept"))
-        for concept in concepts:
-            for coding in _codings(concept):
+        for coded in _CODED_FIELDS.get(resource_type, ("code",)):
+            concept = resource.get(coded)
+            codings = concept.get("coding") if isinstance(concept, dict) else None
+            if not isinstance(codings, list):
+                continue
+            for coding in codings:
+                if not isinstance(coding, dict):
+                    continue
                 system, code = coding.get("system"), coding.get("code")
                 for value_set in lookup(system, code):
                     display = coding.get("display")

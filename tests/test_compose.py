@@ -347,7 +347,9 @@ def wait_for_output(process: subprocess.Popen[bytes], log: Path, pattern: str, t
 
 
 def run_check(argv: list[str], env: Mapping[str, str], cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    # in the image the console scripts are on PATH; here they sit beside the interpreter running the tests
+    path = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
+    return subprocess.run(argv, env={**env, "PATH": path}, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def healthcheck_argv(test: list[str], adapt: Callable[[str], str] = lambda s: s) -> list[str]:
