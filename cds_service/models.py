@@ -191,14 +191,14 @@ def _sqlite_begin(connection: Connection) -> None:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False}, json_serializer=_json)
+        engine = create_engine(url, connect_args={"check_same_thread": False}, json_serializer=json_text)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     # no pre-ping: it costs a round trip per request; a dropped connection fails one request and is replaced
-    return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, json_serializer=_json)
+    return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, json_serializer=json_text)
 
 
 def upgrade(engine: Engine) -> None:
@@ -210,7 +210,8 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def _json(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """JSON columns' serialisation, shared with the decision log's driver-level statements."""
     return orjson.dumps(value).decode()
 
 

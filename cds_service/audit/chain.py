@@ -34,6 +34,7 @@ from cds_service.models import AccessRecord, Checkpoint, Decision, Feedback, Iss
 GENESIS = "0" * 64
 # advisory lock key for chain appends on PostgreSQL (any fixed 64-bit number, unique to this use)
 _LOCK_KEY = 0x5350494E45434453  # "SPINECDS"
+POSTGRES_LOCK = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=_LOCK_KEY)
 
 TABLES: Mapping[str, Table] = {
     "decision": Decision.__table__,  # type: ignore[dict-item]
@@ -65,7 +66,7 @@ def entry_hash(key: bytes, kind: str, entry_id: int, payload: str, prev: str) ->
 def lock(connection: Connection) -> None:
     """Serialise chain appends until this transaction ends."""
     if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        connection.execute(POSTGRES_LOCK)
     # SQLite: the transaction began with BEGIN IMMEDIATE and already holds the write lock
 
 

@@ -35,6 +35,12 @@ def log(module_service: RunningService) -> Iterator[LogReader]:
     reader.close()
 
 
+@pytest.fixture
+def running(service_factory: Callable[..., RunningService], database_url: str) -> RunningService:
+    """A service of its own on each database: snoozing is decided inside the decision log's append."""
+    return service_factory(database_url=database_url)
+
+
 def new_patient() -> list[dict[str, Any]]:
     return generate("radiculopathy-knee-pain", seed=uuid.uuid4().int % 10**9, today=TODAY)
 
@@ -189,21 +195,27 @@ def test_feedback_as_text_plain_is_415(service: RunningService) -> None:
 
 
 @pytest.mark.parametrize("reason", ["already-evaluated", "patient-declines"])
-def test_a_snoozing_override_silences_the_service_for_that_patient(service: RunningService, log: LogReader, reason: str) -> None:
+def test_a_snoozing_override_silences_the_service_for_that_patient(
+    running: RunningService, read_log: Callable[[RunningService], LogReader], reason: str
+) -> None:
+    log = read_log(running)
     patient, other = new_patient(), new_patient()
-    card = card_for(service, patient)
-    assert send(service, overridden(card, reason)).status_code == 200
+    card = card_for(running, patient)
+    assert send(running, overridden(card, reason)).status_code == 200
 
     again = patient_view_of(patient)
-    assert service.post(PATIENT_VIEW, again).json() == {"cards": []}
+    assert running.post(PATIENT_VIEW, again).json() == {"cards": []}
     row = log.decision(hook_instance=again["hookInstance"])
-    assert (row["outcome"], row["status_code"], row["card_uuids"]) == ("snoozed", 200, [])
+    assert (row["outcome"], row["status_code"], row["card_uuids"], row["cards"]) == ("snoozed", 200, [], [])
     assert row["band"] == "likely"  # still assessed, only not shown
+    assert log.scalars(f"SELECT count(*) FROM issued_cards WHERE decision_id = {row['id']}") == [0]
+    # a retry of the snoozed call answers what was logged
+    assert running.post(PATIENT_VIEW, again).json() == {"cards": []}
 
-    assert len(card_for(service, other)) > 0  # another patient still gets cards
+    assert len(card_for(running, other)) > 0  # another patient still gets cards
     # the order services are not silenced by feedback on the patient-view service
     body = order_sign()
-    assert len(assert_cards_response(service.post("/cds-services/spine-knee-order-sign", body))) == 1
+    assert len(assert_cards_response(running.post("/cds-services/spine-knee-order-sign", body))) == 1
 
 
 @pytest.mark.parametrize("reason", ["not-clinically-relevant", "knee-cause-confirmed", None])
