@@ -19,7 +19,7 @@ from sqlalchemy import JSON, Insert, Integer, Select, String, any_, bindparam, e
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 from sqlalchemy.sql.elements import ClauseElement
 
 from cds_service.audit import chain
@@ -238,10 +238,6 @@ class DecisionLog:
         )
         row = connection.execute(query.order_by(Decision.id).limit(1)).first()
         return _decision(row._mapping) if row is not None else None
-
-    @staticmethod
-    def _by_instance(session: Session, service_id: str, hook_instance: str) -> Decision | None:
-        return session.scalar(select(Decision).where(Decision.service_id == service_id, Decision.hook_instance == hook_instance))
 
     def decision_for_card(self, service_id: str, card_uuid: str) -> Decision | None:
         with self.sessions() as session:
