@@ -2,7 +2,7 @@
 
 The service runs as `spine-cds serve` would run it (gunicorn, gthread workers) with JWT verification
 and the decision log on. The floor is a bare Flask endpoint under the same gunicorn settings that
-parses the same body and returns a static card. Each request carries a freshly signed ES384 JWT
+parses the same body and returns a static card. Each request carries a freshly signed ES384 JWT (`--alg RS384` for RSA)
 (unique jti) and a patient-view body with a ~100-resource prefetch.
 
     python3 bench/bench_hooks.py                      # SQLite decision log
@@ -35,8 +35,8 @@ from typing import Any
 import httpx
 import jwt
 import orjson
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,10 +69,18 @@ def make_body(resources: int) -> bytes:
 
 
 class Signer:
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP384R1())
-        public = json.loads(ECAlgorithm.to_jwk(self.key.public_key()))
-        public.update(kid="bench-1", alg="ES384", use="sig")
+    """The EHR side: a key pair, its JWKS, and one freshly signed token per request."""
+
+    def __init__(self, alg: str = "ES384") -> None:
+        self.alg = alg
+        self.kid = f"bench-{alg}"
+        if alg == "ES384":
+            self.key: Any = ec.generate_private_key(ec.SECP384R1())
+            public = json.loads(ECAlgorithm.to_jwk(self.key.public_key()))
+        else:
+            self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            public = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        public.update(kid=self.kid, alg=alg, use="sig")
         self.jwks = {"keys": [public]}
 
     def tokens(self, audience: str, count: int) -> list[str]:
@@ -81,8 +89,8 @@ class Signer:
             jwt.encode(
                 {"iss": ISSUER, "aud": audience, "iat": now, "exp": now + 900, "jti": str(uuid.uuid4())},
                 self.key,
-                algorithm="ES384",
-                headers={"kid": "bench-1"},
+                algorithm=self.alg,
+                headers={"kid": self.kid},
             )
             for _ in range(count)
         ]
@@ -244,10 +252,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 1))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--alg", choices=("ES384", "RS384"), default="ES384", help="the EHR's JWT algorithm")
     parser.add_argument("--only", choices=("floor", "service"), help="run one target (no ratio is printed)")
     args = parser.parse_args()
 
-    signer = Signer()
+    signer = Signer(args.alg)
     body = make_body(args.resources)
     results: dict[str, Any] = {"body_bytes": len(body), "resources": args.resources}
     with tempfile.TemporaryDirectory() as instance:

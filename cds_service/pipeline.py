@@ -123,7 +123,8 @@ class HookPipeline:
             return f"{kind}/pseudonym-{self.log.pseudonym(identifier)}"
         return user_id
 
-    def _digest(self, document: Any) -> str:
+    def input_digest(self, document: Any) -> str:
+        """A keyed digest of the request as sent, without its FHIR access token."""
         if isinstance(document, dict):
             document = {k: v for k, v in document.items() if k != "fhirAuthorization"}
         canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
@@ -147,7 +148,7 @@ class HookPipeline:
             if isinstance(document, dict):
                 row.hook = document.get("hook") if isinstance(document.get("hook"), str) else None
                 row.hook_instance = document.get("hookInstance") if isinstance(document.get("hookInstance"), str) else None
-                row.input_digest = self._digest(document)
+                row.input_digest = self.input_digest(document)
             request = validate_hook_request(document, service)
             row.user_id = self._user(request.context.get("userId"))
             patient_id = request.context.get("patientId")
