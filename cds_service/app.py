@@ -14,7 +14,9 @@ import orjson
 from flask import Flask, current_app
 from flask.json.provider import JSONProvider
 from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
 
+from cds_service.audit.throttle import AttemptStore, LoginThrottle, MemoryAttempts, RedisAttempts
 from cds_service.auth import Authenticator, KeySets, MemoryReplayStore, RedisReplayStore, ReplayStore
 from cds_service.db import DecisionLog, make_engine, upgrade
 from cds_service.errors import register_error_handlers
@@ -35,6 +37,7 @@ class Components:
     authenticator: Authenticator
     hooks: HookPipeline
     feedback: FeedbackPipeline
+    login_throttle: LoginThrottle
     redis: Any | None
 
 
@@ -99,6 +102,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         PERMANENT_SESSION_LIFETIME=8 * 3600,
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    if settings.proxy_hops:
+        # the client's address (login limits) from the proxies' X-Forwarded-For; only the address, since
+        # the URL the EHR calls comes from SPINE_CDS_PUBLIC_BASE_URL
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=0, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
     logging.getLogger("cds_service").setLevel(settings.log_level)
 
     engine = make_engine(settings.effective_database_url)
@@ -106,13 +113,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         upgrade(engine)
     redis_client = None
     replay: ReplayStore
+    attempts: AttemptStore
     if settings.redis_url:
         import redis
 
         redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-        replay = RedisReplayStore(redis_client)
+        replay, attempts = RedisReplayStore(redis_client), RedisAttempts(redis_client)
     else:
-        replay = MemoryReplayStore()
+        replay, attempts = MemoryReplayStore(), MemoryAttempts()
     model = load_model(site=settings.site)
     decision_log = DecisionLog(engine, pseudonym_key(settings), audit_key(settings))
     hooks = HookPipeline(
@@ -130,6 +138,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         authenticator=Authenticator(settings, replay, KeySets(settings.jwks_cache_seconds, settings.fetch_timeout_seconds)),
         hooks=hooks,
         feedback=FeedbackPipeline(decision_log),
+        login_throttle=LoginThrottle(attempts, settings.login_max_failures, settings.login_lockout_seconds),
         redis=redis_client,
     )
     register_error_handlers(app)

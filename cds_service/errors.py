@@ -50,6 +50,20 @@ class Unauthorized(ApiError):
         return response
 
 
+class TooManyAttempts(ApiError):
+    """429 with Retry-After: too many failed logins for an account or from one address."""
+
+    def __init__(self, retry_after: int) -> None:
+        minutes = max(1, -(-retry_after // 60))
+        super().__init__(429, "too_many_attempts", f"Too many failed logins; try again in {minutes} minute(s).")
+        self.retry_after = retry_after
+
+    def to_response(self) -> Response:
+        response = super().to_response()
+        response.headers["Retry-After"] = str(self.retry_after)
+        return response
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:

@@ -46,7 +46,7 @@ def _engine() -> Any:
 
 
 @bp.get("/jobs")
-@auditor_required(_engine, api=True)
+@auditor_required(api=True)
 def list_jobs(auditor: Auditor) -> Response:
     with components().engine.connect() as connection:
         rows = connection.execute(select(PopulationJob).order_by(PopulationJob.created_at.desc()).limit(100)).mappings().all()
@@ -55,7 +55,7 @@ def list_jobs(auditor: Auditor) -> Response:
 
 
 @bp.get("/jobs/<job_id>")
-@auditor_required(_engine, api=True)
+@auditor_required(api=True)
 def get_job(job_id: str, auditor: Auditor) -> Response:
     with components().engine.connect() as connection:
         row = connection.execute(select(PopulationJob).where(PopulationJob.id == job_id)).mappings().first()

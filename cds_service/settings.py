@@ -70,6 +70,11 @@ class Settings(BaseModel):
     retention_days: int = Field(6 * 366, ge=1)
     # signs auditor session cookies
     secret_key: str | None = None
+    # auditor logins: failures per account (five times as many per client address) before a lockout
+    login_max_failures: int = Field(10, ge=1)
+    login_lockout_seconds: int = Field(900, ge=1)
+    # reverse proxies in front that append to X-Forwarded-For; 0 trusts no such header (any client can forge it)
+    proxy_hops: int = Field(0, ge=0, le=5)
     # population scoring: patients per task, and how long Redis waits before redelivering an
     # unacknowledged task (longer than the longest task, or it runs twice)
     population_chunk_size: int = Field(250, ge=1, le=100_000)

@@ -20,6 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from cds_service.app import components
+from cds_service.audit.throttle import LoginThrottle
 from cds_service.errors import ApiError
 from cds_service.models import User, utcnow
 
@@ -62,6 +64,18 @@ def add_user(engine: Engine, username: str, password: str, role: str = "auditor"
             raise AccountError(f"user {username!r} already exists") from None
 
 
+def check_credentials(engine: Engine, throttle: LoginThrottle, username: str, password: str) -> Auditor | None:
+    """The auditor these credentials name, or None; TooManyAttempts while the account or address is locked."""
+    address = request.remote_addr
+    throttle.refuse_if_locked(username, address)
+    auditor = authenticate(engine, username, password)
+    if auditor is None:
+        throttle.failed(username, address)
+    else:
+        throttle.succeeded(username)
+    return auditor
+
+
 def authenticate(engine: Engine, username: str, password: str) -> Auditor | None:
     with engine.connect() as connection:
         user = connection.execute(select(User).where(User.username == username, User.active.is_(True))).first()
@@ -101,7 +115,7 @@ def check_csrf() -> None:
         raise ApiError(400, "csrf_failed", "The form has expired or did not come from this site; reload and try again.")
 
 
-def current_auditor(engine: Engine) -> Auditor | None:
+def current_auditor(engine: Engine, throttle: LoginThrottle) -> Auditor | None:
     username = session.get("auditor")
     if isinstance(username, str):
         # the account is looked up on every request, so deactivating it ends its sessions at once
@@ -112,17 +126,18 @@ def current_auditor(engine: Engine) -> Auditor | None:
         session.clear()
     credentials = request.authorization
     if credentials is not None and credentials.type == "basic" and credentials.username and credentials.password:
-        return authenticate(engine, credentials.username, credentials.password)
+        return check_credentials(engine, throttle, credentials.username, credentials.password)
     return None
 
 
-def auditor_required(engine_of: Callable[[], Engine], *, api: bool) -> Callable[[View], View]:
+def auditor_required(*, api: bool) -> Callable[[View], View]:
     """Pages redirect to the login form; the API answers 401 with a Basic challenge."""
 
     def decorate(view: View) -> View:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            auditor = current_auditor(engine_of())
+            parts = components()
+            auditor = current_auditor(parts.engine, parts.login_throttle)
             if auditor is None:
                 if api:
                     error = ApiError(401, "login_required", "Log in as an auditor, or send an auditor's Basic credentials.")

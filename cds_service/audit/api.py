@@ -21,7 +21,7 @@ from cds_service.audit.queries import DecisionFilters, get_decision, list_decisi
 from cds_service.errors import ApiError
 
 bp = Blueprint("audit_api", __name__, url_prefix="/audit/api")
-auditor_only = auditor_required(lambda: components().engine, api=True)
+auditor_only = auditor_required(api=True)
 
 
 @bp.after_request

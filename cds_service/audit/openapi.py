@@ -89,6 +89,13 @@ _UNAUTHORIZED = {
 }
 
 
+_TOO_MANY_ATTEMPTS = {
+    "description": "Too many failed logins for this account or from this address; no password is checked until the lockout ends.",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds until the lockout ends."}},
+    "content": {"application/json": {"schema": _ref("Error")}},
+}
+
+
 def document() -> dict[str, Any]:
     summary = {
         "type": "object",
@@ -97,7 +104,7 @@ def document() -> dict[str, Any]:
     }
     filters = [{"$ref": f"#/components/parameters/{p['name']}"} for p in FILTER_PARAMETERS]
     paging = [{"$ref": f"#/components/parameters/{p['name']}"} for p in PAGE_PARAMETERS]
-    common = {"400": _error("A query parameter is unknown or invalid."), "401": _UNAUTHORIZED}
+    common = {"400": _error("A query parameter is unknown or invalid."), "401": _UNAUTHORIZED, "429": _TOO_MANY_ATTEMPTS}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -136,6 +143,7 @@ def document() -> dict[str, Any]:
                             "content": {"application/json": {"schema": _ref("Decision")}},
                         },
                         "401": _UNAUTHORIZED,
+                        "429": _TOO_MANY_ATTEMPTS,
                         "404": _error("No decision with this id."),
                     },
                 }
@@ -210,7 +218,10 @@ def document() -> dict[str, Any]:
                             "type": "object",
                             "required": ["code", "message"],
                             "properties": {
-                                "code": {"type": "string", "examples": ["invalid_filter", "not_found", "login_required"]},
+                                "code": {
+                                    "type": "string",
+                                    "examples": ["invalid_filter", "not_found", "login_required", "too_many_attempts"],
+                                },
                                 "message": _STRING,
                                 "details": {"type": "object"},
                             },

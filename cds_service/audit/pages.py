@@ -29,7 +29,7 @@ from cds_service.audit import charts
 from cds_service.audit.accounts import (
     Auditor,
     auditor_required,
-    authenticate,
+    check_credentials,
     check_csrf,
     csrf_token,
     current_auditor,
@@ -45,7 +45,7 @@ from cds_service.audit.queries import (
     page_args,
     stats,
 )
-from cds_service.errors import ApiError
+from cds_service.errors import ApiError, TooManyAttempts
 from hooks.services import SERVICES
 
 bp = Blueprint("audit_pages", __name__, url_prefix="/audit", template_folder="templates", static_folder="static")
@@ -78,7 +78,7 @@ def _engine() -> Engine:
     return components().engine
 
 
-login_required = auditor_required(_engine, api=False)
+login_required = auditor_required(api=False)
 
 
 @bp.after_request
@@ -101,7 +101,7 @@ def audit_csrf_token() -> str:
 
 def _auditor_or_none() -> Auditor | None:
     try:
-        return current_auditor(_engine())
+        return current_auditor(_engine(), components().login_throttle)
     except Exception:  # an error page must render even when the database is what failed
         return None
 
@@ -134,7 +134,11 @@ def login() -> Any:
     username = request.form.get("username", "").strip()
     password = request.form.get("password", "")
     target = request.form.get("next", "")
-    auditor = authenticate(_engine(), username, password) if username and password else None
+    try:
+        auditor = check_credentials(_engine(), components().login_throttle, username, password) if username and password else None
+    except TooManyAttempts as locked:
+        page = render_template("audit_login.html", next=target, error=locked.message, username=username)
+        return page, 429, {"Retry-After": str(locked.retry_after)}
     if auditor is None:
         page = render_template("audit_login.html", next=target, error="Wrong username or password.", username=username)
         return page, 401
