@@ -253,11 +253,12 @@ def _follow(engine: Any, job_id: str, runner: Any = None) -> dict[str, Any]:
     thread = threading.Thread(target=run, daemon=True) if runner else None
     if thread:
         thread.start()
-    with click.progressbar(length=1, label="scoring", show_pos=True, item_show_func=lambda s: s) as bar:
+    with click.progressbar(length=1, label="queued", show_pos=True, item_show_func=lambda s: s) as bar:
         while True:
             current = jobs.job(engine, job_id) or {}
             total = max(1, current.get("chunks_total") or 1)
             bar.length = total
+            bar.label = str(current.get("status") or "queued")  # exporting, splitting, scoring, finishing
             bar.update(current.get("chunks_done", 0) - bar.pos, f"{current.get('patients_scored', 0)} patients")
             if current.get("status") in ("done", "failed") or (thread and not thread.is_alive()):
                 break
