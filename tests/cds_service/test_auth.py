@@ -31,7 +31,7 @@ from cds_service import auth
 from cds_service.auth import MemoryReplayStore, RedisReplayStore
 from hooks.synthetic import generate
 from tests.cds_service.requests import TODAY, patient_view
-from tests.conftest import IN_CI
+from tests.conftest import redis_client_or_skip
 from tests.support import FhirServer, HttpPeer, RunningService, SigningEhr
 
 ServiceFactory = Callable[..., RunningService]
@@ -554,14 +554,7 @@ def test_memory_replay_store_remembers_jti_until_ttl() -> None:
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
     """Redis db 15; a failure in CI when Redis is down, a skip elsewhere."""
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        if IN_CI:
-            pytest.fail(f"Redis is required in CI ({REDIS_URL}): {exc}")
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+    client = redis_client_or_skip(REDIS_URL)
     yield client
     client.close()
 

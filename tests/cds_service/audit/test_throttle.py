@@ -12,7 +12,7 @@ import redis
 from cds_service.audit.accounts import add_user
 from cds_service.audit.throttle import MemoryAttempts, RedisAttempts
 from tests.cds_service.audit.test_pages import csrf_of, location, log_in
-from tests.conftest import IN_CI
+from tests.conftest import redis_client_or_skip
 from tests.support import RunningService
 
 PASSWORD = "correct horse battery staple"
@@ -121,14 +121,7 @@ def test_the_window_starts_at_the_first_failure_and_is_not_extended() -> None:
 @pytest.fixture
 def login_keys() -> Iterator[redis.Redis]:
     """Redis db 15 without login counters before and after; a failure in CI when Redis is down."""
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        client.close()
-        if IN_CI:
-            pytest.fail(f"Redis is required in CI ({REDIS_URL}): {exc}")
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+    client = redis_client_or_skip(REDIS_URL)
 
     def clear() -> None:
         keys = list(client.scan_iter("spine-cds:login:*"))
