@@ -30,7 +30,7 @@ from cds_service.db import Decision, DecisionLog, make_engine, upgrade  # noqa: 
 KEY = b"bench-audit-key"
 
 
-def _decision(card: dict[str, Any], assessment: dict[str, Any]) -> Decision:
+def decision_row(card: dict[str, Any], assessment: dict[str, Any]) -> Decision:
     return Decision(
         service_id="spine-knee-patient-view",
         hook="patient-view",
@@ -53,7 +53,7 @@ def _decision(card: dict[str, Any], assessment: dict[str, Any]) -> Decision:
     )
 
 
-def _sample() -> tuple[dict[str, Any], dict[str, Any]]:
+def sample_card() -> tuple[dict[str, Any], dict[str, Any]]:
     """A real card and assessment, so rows have production size."""
     from datetime import date
 
@@ -75,11 +75,11 @@ def _sample() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _append(url: str, count: int) -> None:
-    card, assessment = _sample()
+    card, assessment = sample_card()
     engine = make_engine(url)
     log = DecisionLog(engine, b"pseudonym", KEY)
     for _ in range(count):
-        log.append(_decision(card, assessment))
+        log.append(decision_row(card, assessment))
     engine.dispose()
 
 

@@ -30,7 +30,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_audit import _decision, _sample  # noqa: E402
+from bench.bench_audit import decision_row, sample_card  # noqa: E402
 from bench.bench_hooks import ISSUER, SERVICE_PATH, Signer, cpu_seconds, make_body  # noqa: E402
 from cds_service import create_app  # noqa: E402
 from cds_service.app import components  # noqa: E402
@@ -78,8 +78,8 @@ def main() -> None:
         service = SERVICES_BY_ID["spine-knee-patient-view"]
         # parsed ahead and taken in turn, so each call reads objects not in the CPU caches, as a real call does
         documents = [orjson.loads(bodies[i]) for i in range(200)]
-        card, assessment = _sample()
-        rows = [_decision(card, assessment) for _ in range(args.calls + 100)]
+        card, assessment = sample_card()
+        rows = [decision_row(card, assessment) for _ in range(args.calls + 100)]
         client = app.test_client()
         token_iter = iter(tokens["ES384"][args.calls + 100 :])
 

@@ -184,10 +184,9 @@ class HookPipeline:
         row.outcome, row.status_code = outcome, 200
         row.latency_ms = (time.perf_counter() - started) * 1000
         stored = self.log.append(row, self.snooze)
-        if stored is row and stored.outcome != "snoozed":
-            return {"cards": cards}
-        # snoozed, or a retried hookInstance: answer exactly what the log holds
-        return {"cards": _swap(stored.cards, _PATIENT_MASK, f"Patient/{patient_id}") if patient_id else stored.cards}
+        if stored is not row:  # a retried hookInstance: answer exactly what the log holds
+            return {"cards": _swap(stored.cards, _PATIENT_MASK, f"Patient/{patient_id}") if patient_id else stored.cards}
+        return {"cards": [] if stored.outcome == "snoozed" else cards}
 
 
 _PATIENT_MASK = "Patient/{{context.patientId}}"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import redis
@@ -15,17 +19,44 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A backing service is missing: a failure in CI, a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"required in CI: {reason}")
+    pytest.skip(reason)
+
+
 def redis_client_or_skip(url: str) -> redis.Redis:
-    """A connected client; a failure in CI when Redis is down, a skip elsewhere."""
+    """A connected client on `url`, or `unavailable`."""
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     try:
         client.ping()
     except redis.RedisError as exc:
         client.close()
-        if IN_CI:
-            pytest.fail(f"Redis is required in CI ({url}): {exc}")
-        pytest.skip(f"Redis not reachable at {url}: {exc}")
+        unavailable(f"Redis not reachable at {url}: {exc}")
     return client
+
+
+@contextmanager
+def scratch_postgres(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped on exit; `unavailable` without PostgreSQL."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        unavailable(f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

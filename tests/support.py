@@ -33,6 +33,19 @@ class RecordedRequest:
     headers: dict[str, str]
 
 
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve `handler` over real HTTP on a free loopback port; yields the base URL, stops on exit."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @dataclass
 class HttpPeer:
     """A tiny real HTTP server answering JSON from a handler, recording every request."""
@@ -62,15 +75,8 @@ class HttpPeer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.url = f"http://127.0.0.1:{server.server_port}"
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-        thread.start()
-        try:
+        with http_server(_Handler) as self.url:
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
 
 
 class FhirServer:

@@ -19,26 +19,24 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 import yaml
 
-from tests.conftest import IN_CI
+from tests.conftest import scratch_postgres, unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 APP_SERVICES = ("web", "worker", "beat")
 SERVICES = (*APP_SERVICES, "redis", "postgres")
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_DB = 14  # a spare database number on the local Redis, flushed before and after
 SECRET_WORDS = ("KEY", "PASSWORD", "SECRET", "TOKEN")
 REQUIRED = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}]+\}")
@@ -69,12 +67,6 @@ def split_url(url: str) -> tuple[Any, dict[str, str]]:
     for token, reference in references.items():
         url = url.replace(reference, token, 1)
     return urlsplit(url), references
-
-
-def unavailable(reason: str) -> NoReturn:
-    if IN_CI:
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -382,21 +374,9 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def database() -> Iterator[str]:
-    """A fresh PostgreSQL database standing in for the compose `spine` database."""
-    import psycopg
-
-    name = f"spine_cds_compose_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        unavailable(f"PostgreSQL not reachable on 127.0.0.1:5432: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A fresh PostgreSQL database standing in for the compose `spine` database; yields its name."""
+    with scratch_postgres("spine_cds_compose") as url:
+        yield url.rsplit("/", 1)[1]
 
 
 class Host:

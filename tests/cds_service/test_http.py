@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 
 import pytest
 
 from tests.cds_service.requests import patient_view
-from tests.conftest import IN_CI
+from tests.conftest import redis_client_or_skip
 from tests.support import RunningService, assert_cards_response
 
 PREFLIGHT = {
@@ -80,19 +79,8 @@ def test_readyz_checks_the_database(service: RunningService) -> None:
     assert response.json() == {"status": "ready", "checks": {"database": "ok"}}
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def test_readyz_checks_redis_when_configured(service_factory: Callable[..., RunningService]) -> None:
-    if not _redis_up():
-        if IN_CI:
-            pytest.fail("Redis is required in CI")
-        pytest.skip("Redis is not running at 127.0.0.1:6379")
+    redis_client_or_skip(REDIS_URL).close()
     running = service_factory(redis_url=REDIS_URL)
     response = running.client.get("/readyz")
     assert response.status_code == 200

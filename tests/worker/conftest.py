@@ -27,11 +27,10 @@ from sqlalchemy.engine import Engine
 from cds_service.cli import main
 from cds_service.db import make_engine, upgrade
 from cds_service.models import PopulationAssessment, PopulationChunk
-from tests.conftest import IN_CI
+from tests.conftest import scratch_postgres, unavailable
 from worker import population, tasks
 
 ROOT = Path(__file__).resolve().parents[2]
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Redis databases these tests may use (other tests use 0, 14 and 15); a test session claims one that no
 # other session on this machine holds, so two runs at once never consume each other's tasks
 REDIS_DBS = tuple(int(n) for n in os.environ.get("SPINE_CDS_TEST_REDIS_DBS", "13,12,11,10").split(","))
@@ -39,32 +38,15 @@ REDIS_CLAIMS_URL = "redis://127.0.0.1:6379/1"
 TODAY = "2026-11-24"  # hooks.synthetic.Factory's default day, so profiles meet their intended outcome
 
 
-def _unavailable(what: str, exc: BaseException) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} is required in CI: {exc}")
-    pytest.skip(f"{what} not reachable: {exc}")
-
-
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for the test module, at the newest schema; dropped afterwards."""
-    import psycopg
-
-    name = f"spine_cds_worker_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        _unavailable("PostgreSQL", exc)
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    yield url
-    forget_worker_context()
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres("spine_cds_worker") as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+        forget_worker_context()
 
 
 @pytest.fixture
@@ -99,7 +81,7 @@ def redis_db() -> Iterator[int]:
     try:
         claimed = next((n for n in REDIS_DBS if claims.set(f"spine-cds-tests:redis-db:{n}", token, nx=True, ex=3600)), None)
     except redis.exceptions.ConnectionError as exc:
-        _unavailable("Redis", exc)
+        unavailable(f"Redis not reachable: {exc}")
     if claimed is None:
         pytest.fail(f"every test Redis database {REDIS_DBS} is claimed by another test session")
     yield claimed

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -35,6 +35,7 @@ from cds_service.models import PopulationAssessment, PopulationJob
 from cds_service.settings import load_settings
 from hooks import synthetic
 from hooks.model import load_model
+from tests.support import http_server
 from worker import bulk_export, population
 from worker.bulk_export import (
     ASSERTION_TYPE,
@@ -257,15 +258,8 @@ class BulkServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.url = f"http://127.0.0.1:{http.server_port}"
-        thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-        thread.start()
-        try:
+        with http_server(Handler) as server.url:
             yield server
-        finally:
-            http.shutdown()
-            http.server_close()
 
 
 @dataclass
