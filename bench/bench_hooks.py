@@ -84,10 +84,12 @@ class Signer:
         self.jwks = {"keys": [public]}
 
     def tokens(self, audience: str, count: int) -> list[str]:
+        # signed up front, so the load generator only sends them; valid for the service's longest lifetime
+        # (JWT_MAX_LIFETIME_SECONDS, 300 s), which covers both runs
         now = int(time.time())
         return [
             jwt.encode(
-                {"iss": ISSUER, "aud": audience, "iat": now, "exp": now + 900, "jti": str(uuid.uuid4())},
+                {"iss": ISSUER, "aud": audience, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())},
                 self.key,
                 algorithm=self.alg,
                 headers={"kid": self.kid},

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from cds_service.audit.throttle import AttemptStore, LoginThrottle, MemoryAttempts, RedisAttempts
-from cds_service.auth import Authenticator, KeySets, MemoryReplayStore, RedisReplayStore, ReplayStore
+from cds_service.auth import Authenticator, DatabaseReplayStore, KeySets, RedisReplayStore, ReplayStore
 from cds_service.db import DecisionLog, make_engine, upgrade
 from cds_service.errors import register_error_handlers
 from cds_service.fetch import PrefetchFetcher
@@ -120,12 +120,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
         replay, attempts = RedisReplayStore(redis_client), RedisAttempts(redis_client)
     else:
-        replay, attempts = MemoryReplayStore(), MemoryAttempts()
+        # the jti memory in the database every worker shares (the SQLite file or PostgreSQL)
+        replay, attempts = DatabaseReplayStore(engine), MemoryAttempts()
     model = load_model(site=settings.site)
     decision_log = DecisionLog(engine, pseudonym_key(settings), audit_key(settings))
     hooks = HookPipeline(
         model,
-        PrefetchFetcher(settings.fetch_timeout_seconds, settings.fetch_max_pages),
+        PrefetchFetcher.from_settings(settings),
         decision_log,
         digest_key=pseudonym_key(settings),
         snooze_days=settings.snooze_days,

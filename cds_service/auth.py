@@ -1,33 +1,48 @@
 """Verifying the JWT an EHR signs for every call (CDS Hooks 2.0, "Trusting CDS Clients").
 
-Only asymmetric algorithms are accepted; keys come from the issuer's configured JWKS (inline or by
-URL) or from a `jku` the issuer's configuration allow-lists. Any failure answers a bare 401; the
-reason goes to the log, the token never does.
+Only asymmetric algorithms and keys are accepted: keys come from the issuer's configured JWKS (inline or
+by URL) or from a `jku` the issuer's configuration allow-lists, and only EC and RSA keys that fit the
+token's algorithm are ever used. The claims must have their JSON types, the token a short lifetime, the
+`jti` a first use (remembered in Redis, or in the database without it). Any failure answers a bare 401;
+the reason, which starts with a plain code ("expired", "audience", "claim types", "lifetime", "replay",
+"tenant", "key type", ...), goes to the log; the token never does.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import itertools
 import logging
+import math
 import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
 import orjson
 from jwt import PyJWK
+from sqlalchemy import Float, Insert, String, bindparam, delete
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
 
 from cds_service.errors import Unauthorized
+from cds_service.models import DriverStatement, SeenToken
 from cds_service.settings import Settings, TrustedIssuer
 
 log = logging.getLogger(__name__)
 
 ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 _REFRESH_MIN_INTERVAL = 10.0  # seconds between refetches of one JWKS on unknown kids
+REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti")
+# the key type each algorithm family verifies with, and the curve each ES algorithm is defined on (RFC 7518)
+_KEY_TYPE = {"ES": "EC", "RS": "RSA", "PS": "RSA"}
+_CURVE = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 
 
 @dataclass(frozen=True)
@@ -42,26 +57,6 @@ class ReplayStore(Protocol):
     def first_use(self, key: str, ttl_seconds: int) -> bool: ...
 
 
-class MemoryReplayStore:
-    """Per-process jti memory for the embedded default (one process, no Redis)."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._clock = clock
-
-    def first_use(self, key: str, ttl_seconds: int) -> bool:
-        now = self._clock()
-        with self._lock:
-            if len(self._seen) > 10_000:
-                self._seen = {k: t for k, t in self._seen.items() if t > now}
-            expires = self._seen.get(key)
-            if expires is not None and expires > now:
-                return False
-            self._seen[key] = now + ttl_seconds
-            return True
-
-
 class RedisReplayStore:
     """Shared jti memory across processes and hosts: SET NX EX."""
 
@@ -70,6 +65,69 @@ class RedisReplayStore:
 
     def first_use(self, key: str, ttl_seconds: int) -> bool:
         return bool(self._client.set(f"spine-cds:jti:{key}", b"1", nx=True, ex=ttl_seconds))
+
+
+def _claim_statement(postgres: bool) -> Insert:
+    """INSERT ... ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE seen_tokens.expires_at < :now"""
+    dialect_insert = postgresql.insert if postgres else sqlite.insert
+    claim = dialect_insert(SeenToken).values(key=bindparam("key", type_=String), expires_at=bindparam("expires_at", type_=Float))
+    return claim.on_conflict_do_update(
+        index_elements=[SeenToken.key],
+        set_={"expires_at": claim.excluded.expires_at},
+        where=SeenToken.expires_at < bindparam("now", type_=Float),
+    )
+
+
+class DatabaseReplayStore:
+    """Shared jti memory in the database (the SQLite file every gunicorn worker opens, or PostgreSQL),
+    for deployments without Redis.
+
+    One statement decides a first use: insert the key, or take over its row only when that row has
+    expired; the database serialises racing callers on the primary key, so exactly one of them sees a
+    row changed. Rows are keyed by SHA-256 of `issuer|jti`, never the token, and expired rows are
+    deleted on the first call of each process and every `cleanup_every` calls after.
+    """
+
+    def __init__(self, engine: Engine, clock: Callable[[], float] = time.time, cleanup_every: int = 200) -> None:
+        if engine.dialect.name not in ("sqlite", "postgresql"):
+            raise ValueError(f"no database replay store for {engine.dialect.name}")
+        self._engine = engine
+        self._claim = DriverStatement.of(_claim_statement(engine.dialect.name == "postgresql"), engine.dialect)
+        self._clock = clock
+        self._cleanup_every = max(1, cleanup_every)
+        self._calls = itertools.count()
+
+    def first_use(self, key: str, ttl_seconds: int) -> bool:
+        now = float(self._clock())
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        # through the driver with the statement compiled once: on the path of every call, SQLAlchemy's
+        # per-execution work was most of this write's cost (bench/README.md). On SQLite the one statement
+        # commits on its own (the driver is in autocommit, see models.make_engine)
+        connection = self._engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            try:
+                self._claim.execute(cursor, {"key": digest, "expires_at": now + ttl_seconds, "now": now})
+                # one row inserted or taken over: a first use; none: the key is remembered
+                first = cursor.rowcount == 1
+            finally:
+                cursor.close()
+            connection.commit()
+        finally:
+            connection.close()
+        if next(self._calls) % self._cleanup_every == 0:
+            self.delete_expired(now)
+        return first
+
+    def delete_expired(self, now: float | None = None) -> int:
+        """Delete the rows of tokens past their memory; failures are logged, the table only grows meanwhile."""
+        cutoff = float(self._clock()) if now is None else now
+        try:
+            with self._engine.begin() as connection:
+                return int(connection.execute(delete(SeenToken).where(SeenToken.expires_at < cutoff)).rowcount)
+        except Exception:
+            log.warning("could not delete expired rows of seen_tokens", exc_info=True)
+            return 0
 
 
 class KeySets:
@@ -89,18 +147,19 @@ class KeySets:
             raise ValueError("not a JWK Set")
         return data
 
-    def key(self, url: str, kid: str) -> dict[str, Any] | None:
+    def candidates(self, url: str, kid: str) -> list[dict[str, Any]]:
+        """The keys of the set at `url` named `kid`, of any type (the caller chooses a usable one)."""
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(url)
         if cached and now - cached[0] < self._cache_seconds:
-            found = _find(cached[1], kid)
+            found = _with_kid(cached[1], kid)
             if found or now - cached[0] < _REFRESH_MIN_INTERVAL:
                 return found
         jwks = self._fetch(url)
         with self._lock:
             self._cache[url] = (time.monotonic(), jwks)
-        return _find(jwks, kid)
+        return _with_kid(jwks, kid)
 
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
@@ -109,6 +168,7 @@ _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 def _segment(value: str) -> dict[str, Any]:
     if not _SEGMENT.fullmatch(value):
         raise ValueError("not base64url")
+    # orjson is strict JSON: NaN, Infinity and integers beyond 64 bits are refused here
     decoded = orjson.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
     if not isinstance(decoded, dict):
         raise ValueError("not a JSON object")
@@ -123,18 +183,93 @@ def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return _segment(parts[0]), _segment(parts[1])
 
 
-def _find(jwks: dict[str, Any], kid: str) -> dict[str, Any] | None:
-    for key in jwks.get("keys", []):
-        if isinstance(key, dict) and key.get("kid") == kid:
-            return key
+def _with_kid(jwks: dict[str, Any], kid: str) -> list[dict[str, Any]]:
+    keys = jwks.get("keys")
+    return [key for key in (keys if isinstance(keys, list) else []) if isinstance(key, dict) and key.get("kid") == kid]
+
+
+def _key_problem(key: dict[str, Any], alg: str) -> str | None:
+    """Why this JWK may not verify a token signed with `alg`; None when it may."""
+    kty = key.get("kty")
+    if kty not in ("EC", "RSA"):
+        return f"key type: kty {kty!r} is not an asymmetric key (EC or RSA); symmetric keys are never used"
+    if kty != _KEY_TYPE[alg[:2]]:
+        return f"key type: an {kty} key cannot verify {alg}"
+    if kty == "EC" and key.get("crv") != _CURVE[alg]:
+        return f"key type: curve {key.get('crv')!r} does not fit {alg}"
+    if "alg" in key and key["alg"] != alg:
+        return f"key alg: the key is for {key['alg']!r}, the token says {alg}"
+    if "use" in key and key["use"] != "sig":
+        return f"key use: {key['use']!r}, not 'sig'"
+    key_ops = key.get("key_ops")
+    if key_ops is not None and not (isinstance(key_ops, list) and "verify" in key_ops):
+        return "key use: key_ops does not include 'verify'"
     return None
+
+
+def _usable_key(candidates: list[dict[str, Any]], alg: str) -> dict[str, Any]:
+    if not candidates:
+        raise Unauthorized("unknown kid")
+    problems = []
+    for key in candidates:
+        problem = _key_problem(key, alg)
+        if problem is None:
+            return key
+        problems.append(problem)
+    raise Unauthorized(problems[0])
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number: int or finite float, never bool (a Python int) and never a numeric string; within
+    the 64-bit range, so the arithmetic on it (exp - iat, the replay TTL) cannot overflow."""
+    if type(value) is int:
+        return abs(value) < 2**63
+    return type(value) is float and math.isfinite(value) and abs(value) < 2**63
+
+
+def _claims_problem(claims: dict[str, Any]) -> str | None:
+    """Why the claims cannot be accepted whatever their values (absent or of the wrong JSON type); None if fine."""
+    for name in REQUIRED_CLAIMS:
+        if name not in claims:
+            return f"missing claim: {name!r}"
+    wrong: list[str] = [name for name in ("exp", "iat", "nbf") if name in claims and not _is_number(claims[name])]
+    wrong += [name for name in ("iss", "sub", "tenant") if name in claims and not isinstance(claims[name], str)]
+    aud = claims["aud"]
+    if not (isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))):
+        wrong.append("aud")
+    jti = claims["jti"]
+    if not (isinstance(jti, str) and jti):
+        wrong.append("jti")
+    if wrong:
+        return "claim types: " + ", ".join(wrong) + " not of the required JSON type (numbers; strings; jti non-empty)"
+    return None
+
+
+# the reason code for each PyJWT rejection, most specific first (InvalidSignatureError is a DecodeError)
+_DECODE_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.ExpiredSignatureError, "expired"),
+    (jwt.ImmatureSignatureError, "not yet valid"),
+    (jwt.InvalidAudienceError, "audience"),
+    (jwt.InvalidIssuerError, "issuer"),
+    (jwt.MissingRequiredClaimError, "missing claim"),
+    (jwt.InvalidSignatureError, "signature"),
+    (jwt.InvalidAlgorithmError, "algorithm"),
+    (jwt.DecodeError, "unreadable token"),
+)
+
+
+def _decode_reason(exc: jwt.PyJWTError) -> str:
+    code = next((code for kind, code in _DECODE_REASONS if isinstance(exc, kind)), "token rejected")
+    return f"{code} ({type(exc).__name__}: {exc})"
 
 
 class Authenticator:
     def __init__(self, settings: Settings, replay: ReplayStore, key_sets: KeySets) -> None:
         self.issuers: dict[str, TrustedIssuer] = dict(settings.trusted_issuers)
         self.leeway = settings.jwt_leeway_seconds
+        self.max_lifetime = settings.jwt_max_lifetime_seconds
         self.jti_ttl = settings.jti_ttl_seconds
+        self.allow_http = settings.allow_http
         self.replay = replay
         self.key_sets = key_sets
         self._keys: dict[tuple[str, bytes], PyJWK] = {}
@@ -150,16 +285,20 @@ class Authenticator:
         except ValueError:
             raise Unauthorized("unreadable token") from None
         alg = header.get("alg")
-        if alg not in ALGORITHMS:
-            raise Unauthorized(f"algorithm {alg!r} not accepted")
-        issuer_name = claims.get("iss")
-        issuer = self.issuers.get(issuer_name) if isinstance(issuer_name, str) else None
-        if issuer is None or not isinstance(issuer_name, str):
-            raise Unauthorized("issuer not trusted")
+        if not isinstance(alg, str) or alg not in ALGORITHMS:
+            raise Unauthorized(f"algorithm: {str(alg)[:40]!r} not accepted")
+        # checked before PyJWT sees the claims (it takes numeric strings for numbers) and again after
+        problem = _claims_problem(claims)
+        if problem:
+            raise Unauthorized(problem)
+        issuer_name: str = claims["iss"]
+        issuer = self.issuers.get(issuer_name)
+        if issuer is None:
+            raise Unauthorized("issuer: not trusted")
         kid = header.get("kid")
         if not isinstance(kid, str):
-            raise Unauthorized("no kid in header")
-        jwk = self._key(issuer, header, kid)
+            raise Unauthorized("kid: none in header")
+        jwk = self._key(issuer, header, kid, alg)
         try:
             verified = jwt.decode(
                 token,
@@ -168,48 +307,58 @@ class Authenticator:
                 audience=audience,
                 issuer=issuer_name,
                 leeway=self.leeway,
-                options={"require": ["iss", "aud", "exp", "iat", "jti"]},
+                options={"require": list(REQUIRED_CLAIMS)},
             )
         except jwt.PyJWTError as exc:
-            raise Unauthorized(f"token rejected ({type(exc).__name__}: {exc})") from None
-        tenant = verified.get("tenant")
-        if tenant is not None and issuer.tenants and tenant not in issuer.tenants:
-            raise Unauthorized("tenant not configured for issuer")
-        jti = str(verified["jti"])
+            raise Unauthorized(_decode_reason(exc)) from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise Unauthorized(f"unreadable token ({type(exc).__name__})") from None
+        problem = _claims_problem(verified)
+        if problem:
+            raise Unauthorized(problem)
+        lifetime = verified["exp"] - verified["iat"]
+        if lifetime > self.max_lifetime + self.leeway:
+            raise Unauthorized(f"lifetime: exp - iat is {lifetime:.0f} s, above {self.max_lifetime} s (+{self.leeway} s leeway)")
+        tenant: str | None = verified.get("tenant")
+        if issuer.tenants and tenant is None:
+            raise Unauthorized("tenant: none in a token of an issuer restricted to tenants")
+        if issuer.tenants and tenant not in issuer.tenants:
+            raise Unauthorized("tenant: not configured for the issuer")
+        jti: str = verified["jti"]
         ttl = max(60, int(verified["exp"] - time.time()) + self.leeway, self.jti_ttl)
         if not self.replay.first_use(f"{issuer_name}|{jti}", ttl):
-            raise Unauthorized("jti replayed")
-        subject = verified.get("sub")
-        return Caller(
-            issuer_name, subject if isinstance(subject, str) else None, tenant if isinstance(tenant, str) else None, jti
-        )
+            raise Unauthorized("replay: jti already used")
+        return Caller(issuer_name, verified.get("sub"), tenant, jti)
 
     def _prepared(self, jwk: dict[str, Any], alg: str) -> PyJWK:
         """The key object for a JWK, built once: a JWKS refresh that changes the key changes the cache key."""
-        cache_key = (alg, orjson.dumps(jwk, option=orjson.OPT_SORT_KEYS))
+        try:
+            cache_key = (alg, orjson.dumps(jwk, option=orjson.OPT_SORT_KEYS))
+        except orjson.JSONEncodeError:  # a fetched key with a member orjson cannot write (an integer beyond 64 bits)
+            raise Unauthorized("key type: unusable key (not plain JSON)") from None
         prepared = self._keys.get(cache_key)
         if prepared is None:
             try:
                 prepared = PyJWK(jwk, algorithm=alg)
             except jwt.PyJWTError as exc:
-                raise Unauthorized(f"unusable key ({type(exc).__name__})") from None
+                raise Unauthorized(f"key type: unusable key ({type(exc).__name__})") from None
             if len(self._keys) >= 256:
                 self._keys.clear()
             self._keys[cache_key] = prepared
         return prepared
 
-    def _key(self, issuer: TrustedIssuer, header: dict[str, Any], kid: str) -> dict[str, Any]:
+    def _key(self, issuer: TrustedIssuer, header: dict[str, Any], kid: str, alg: str) -> dict[str, Any]:
+        """The one asymmetric key of the issuer's key set that may verify this token."""
         jku = header.get("jku")
-        if jku is not None and jku != issuer.jwks_url and jku not in issuer.jku_allowlist:
-            raise Unauthorized("jku not allow-listed")
+        if jku is not None and (not isinstance(jku, str) or (jku != issuer.jwks_url and jku not in issuer.jku_allowlist)):
+            raise Unauthorized("jku: not allow-listed for the issuer")
         url = jku or issuer.jwks_url
         if url is None:
-            found = _find(issuer.jwks or {}, kid)
-        else:
-            try:
-                found = self.key_sets.key(url, kid)
-            except (httpx.HTTPError, ValueError) as exc:
-                raise Unauthorized(f"JWKS unavailable ({type(exc).__name__})") from None
-        if found is None:
-            raise Unauthorized("unknown kid")
-        return found
+            return _usable_key(_with_kid(issuer.jwks or {}, kid), alg)
+        if urlsplit(url).scheme.lower() != "https" and not self.allow_http:
+            raise Unauthorized("jku: key-set URL is not https")
+        try:
+            candidates = self.key_sets.candidates(url, kid)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise Unauthorized(f"key set unavailable ({type(exc).__name__})") from None
+        return _usable_key(candidates, alg)

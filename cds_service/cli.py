@@ -64,8 +64,6 @@ def serve(host: str, port: int, workers: int | None, threads: int, timeout: int,
     audit_key(settings)
     # one process per CPU: a hook call is CPU-bound under the GIL, and the threads cover waits on I/O
     count = workers or max(2, os.cpu_count() or 1)
-    if count > 1 and not settings.redis_url:
-        click.echo("warning: without SPINE_CDS_REDIS_URL, replayed JWTs are detected per worker only", err=True)
     os.environ["SPINE_CDS_AUTO_MIGRATE"] = "false"
     argv = [
         "gunicorn",
@@ -183,11 +181,15 @@ def audit_purge(before: datetime | None) -> None:
     """Delete entries older than the retention period, keeping a signed checkpoint so the rest verifies."""
     from datetime import UTC, timedelta
 
-    from cds_service.audit.chain import purge
+    from cds_service.audit.chain import PurgeRefused, purge
 
     engine, key, anchors = _audit_parts()
     cutoff = before.replace(tzinfo=UTC) if before else datetime.now(UTC) - timedelta(days=_settings().retention_days)
-    count = purge(engine, key, anchors, cutoff)
+    try:
+        count = purge(engine, key, anchors, cutoff)
+    except PurgeRefused as refused:
+        click.echo(f"{refused}; nothing was deleted", err=True)
+        sys.exit(1)
     click.echo(f"purged {count} entries logged before {cutoff.isoformat()}")
 
 

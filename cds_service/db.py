@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -20,7 +21,6 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
-from sqlalchemy.sql.elements import ClauseElement
 
 from cds_service.audit import chain
 from cds_service.models import (
@@ -28,6 +28,7 @@ from cds_service.models import (
     Base,
     Checkpoint,
     Decision,
+    DriverStatement,
     Feedback,
     IssuedCard,
     LogEntry,
@@ -58,7 +59,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SnoozeRule:
-    """Overrides with these reasons, this recent, silence a service's cards for that patient."""
+    """Overrides with these reasons, this recent, silence a service's cards for that patient at that EHR
+    (issuer and tenant)."""
 
     system: str
     codes: frozenset[str]
@@ -71,14 +73,31 @@ _INSERT_LOG_ENTRY = insert(LogEntry)
 
 
 @cache  # built once per shape, so SQLAlchemy's compiled cache is hit on every later call
-def _state_query(snooze: bool, postgres: bool) -> Select[Any]:
-    """One row read under the chain lock: the chain head, on PostgreSQL the new decision's id (so the
-    decision, its cards and its link go in one statement), and whether an override snoozes the cards."""
+def _state_query(snooze: bool, postgres: bool, answered: bool) -> Select[Any]:
+    """One row read under the chain lock: the chain head; on PostgreSQL the new decision's id (so the
+    decision, its cards and its link go in one statement); for an answerable call the earlier answers
+    to its hookInstance (`earlier`: any; `same`: to this very request from this very caller); and
+    whether an override by the same issuer and tenant snoozes the cards."""
     columns: list[Any] = [chain.HEAD.c.seq, chain.HEAD.c.entry_hash]
     if postgres:
         columns.append(
             select(func.nextval(func.pg_get_serial_sequence("decisions", "id"))).scalar_subquery().label("decision_id")
         )
+    issuer = bindparam("issuer", type_=String)
+    tenant = bindparam("tenant", type_=String)
+    if answered:
+        earlier = (
+            Decision.service_id == bindparam("service_id", type_=String),
+            Decision.hook_instance == bindparam("hook_instance", type_=String),
+            Decision.status_code == 200,
+        )
+        same = (
+            Decision.issuer == issuer,
+            func.coalesce(Decision.tenant, "") == tenant,
+            Decision.input_digest == bindparam("input_digest", type_=String),
+        )
+        columns.append(select(func.min(Decision.id)).where(*earlier).scalar_subquery().label("earlier"))
+        columns.append(select(func.min(Decision.id)).where(*earlier, *same).scalar_subquery().label("same"))
     if snooze:
         codes = (
             Feedback.override_code == any_(bindparam("snooze_codes", type_=postgresql.ARRAY(String)))
@@ -88,6 +107,9 @@ def _state_query(snooze: bool, postgres: bool) -> Select[Any]:
         recent_override = select(Feedback.id).where(
             Feedback.service_id == bindparam("service_id", type_=String),
             Feedback.patient_pseudonym == bindparam("patient_pseudonym", type_=String),
+            # patient ids are the EHR's own: the same id at another EHR or tenant is another patient
+            Feedback.issuer == issuer,
+            func.coalesce(Feedback.tenant, "") == tenant,
             Feedback.outcome == "overridden",
             codes,
             or_(Feedback.override_system == bindparam("snooze_system", type_=String), Feedback.override_system.is_(None)),
@@ -111,39 +133,34 @@ def _postgres_insert() -> Insert:
 _JSON_COLUMNS = frozenset(c.key for c in _DECISION_COLUMNS if isinstance(c.type, JSON))
 
 
-@dataclass(frozen=True)
-class _DriverStatement:
-    """A statement compiled once to the driver's SQL, with the values of its constant parameters."""
-
-    sql: str
-    constants: dict[str, Any]
-
-    @classmethod
-    def of(cls, statement: ClauseElement, dialect: Dialect) -> _DriverStatement:
-        compiled = statement.compile(dialect=dialect)
-        # named parameters have no value here: left out, so a call that forgets one fails loudly
-        return cls(str(compiled), {k: v for k, v in compiled.params.items() if v is not None})
-
-    def execute(self, cursor: Any, parameters: dict[str, Any]) -> None:
-        cursor.execute(self.sql, {**self.constants, **parameters})
-
-
 class _PostgresAppend:
     """A hook call's append on PostgreSQL through the driver's cursor, with statements SQLAlchemy compiled
     once: its per-execution work was the larger part of the append's CPU (bench/README.md)."""
 
     def __init__(self, dialect: Dialect) -> None:
-        self.lock = _DriverStatement.of(chain.POSTGRES_LOCK, dialect)
-        self.state = {snooze: _DriverStatement.of(_state_query(snooze, True), dialect) for snooze in (False, True)}
-        self.insert = _DriverStatement.of(_postgres_insert(), dialect)
+        self.lock = DriverStatement.of(chain.POSTGRES_LOCK, dialect)
+        self.state = {
+            (snooze, answered): DriverStatement.of(_state_query(snooze, True, answered), dialect)
+            for snooze in (False, True)
+            for answered in (False, True)
+        }
+        self.insert = DriverStatement.of(_postgres_insert(), dialect)
+
+
+class _Answered(Exception):
+    """Raised inside the append's transaction: this very call was answered before (decision id)."""
+
+    def __init__(self, decision_id: int) -> None:
+        self.decision_id = decision_id
 
 
 class DecisionLog:
-    def __init__(self, engine: Engine, pseudonym_key: bytes, audit_key: bytes) -> None:
+    def __init__(self, engine: Engine, pseudonym_key: bytes, audit_key: bytes, clock: Callable[[], datetime] = utcnow) -> None:
         self.engine = engine
         self.sessions = sessionmaker(engine, expire_on_commit=False)
         self._key = pseudonym_key
         self.audit_key = audit_key
+        self.clock = clock
         postgres = engine.dialect.name == "postgresql"
         self._postgres_statements = _PostgresAppend(engine.dialect) if postgres else None
 
@@ -155,49 +172,68 @@ class DecisionLog:
     def append(self, decision: Decision, snooze: SnoozeRule | None = None) -> Decision:
         """Commit the decision and its chain link, or return the answer already logged for this call.
 
-        A successful decision is idempotent on (service, hookInstance): a retry gets the first answer,
-        enforced by a unique index over the answered calls, so two identical calls racing each other
-        still log one decision. Failed attempts (400, 412) are logged too but answer nothing, so a retry
-        after one is assessed. With a snooze rule, a decision with cards is checked against recent
-        overrides for the same patient and logged as "snoozed" without cards when one applies.
+        A successful decision is idempotent on the call: a retry of the same request (same keyed input
+        digest) by the same issuer and tenant to the same service and hookInstance gets the first answer.
+        Any other reuse of a hookInstance (another patient, body or caller) is answered afresh and logged
+        with `reuse_of` naming the earlier answer. The check runs under the chain lock, and a unique index
+        over the answered calls backs it, so two identical calls racing each other log one decision.
+        Failed attempts (400, 412) are logged too but answer nothing, so a retry after one is assessed.
+        With a snooze rule, a decision with cards is checked against recent overrides for the same
+        patient from the same issuer and tenant, and logged as "snoozed" without cards when one applies.
         On PostgreSQL an append is four round trips: the lock, one read, one insert, the commit.
         """
         values = {c.key: getattr(decision, c.key) for c in _DECISION_COLUMNS}
-        values["created_at"] = values["created_at"] or utcnow()
+        values["created_at"] = values["created_at"] or self.clock()
         check_snooze = bool(snooze and decision.cards and decision.patient_pseudonym and snooze.days > 0)
-        parameters: dict[str, Any] = {}
+        answerable = decision.status_code == 200 and decision.hook_instance is not None
+        parameters: dict[str, Any] = {"issuer": decision.issuer, "tenant": decision.tenant or ""}
+        if answerable:
+            parameters.update(
+                service_id=decision.service_id, hook_instance=decision.hook_instance, input_digest=decision.input_digest
+            )
         if snooze and check_snooze:
-            parameters = {
-                "service_id": decision.service_id,
-                "patient_pseudonym": decision.patient_pseudonym,
-                "snooze_codes": sorted(snooze.codes),
-                "snooze_system": snooze.system,
-                "snooze_since": utcnow() - timedelta(days=snooze.days),
-            }
+            parameters.update(
+                service_id=decision.service_id,
+                patient_pseudonym=decision.patient_pseudonym,
+                snooze_codes=sorted(snooze.codes),
+                snooze_system=snooze.system,
+                snooze_since=self.clock() - timedelta(days=snooze.days),
+            )
         append = self._append_postgres if self._postgres_statements else self._append
         try:
-            decision_id = append(values, check_snooze, parameters)
+            decision_id = append(values, (check_snooze, answerable), parameters)
+        except _Answered as answered:
+            return self._decision_by_id(answered.decision_id)
         except (IntegrityError, psycopg.IntegrityError):
-            # this call was already answered (or is being answered by an identical call a moment earlier)
+            # the unique index behind the check under the lock: this call was answered a moment earlier
             with self.engine.connect() as connection:
                 earlier = self._answered(connection, decision)
             if earlier is None:
                 raise
             return earlier
-        for key in ("cards", "card_uuids", "suggestion_uuids", "outcome", "created_at"):
+        for key in ("cards", "card_uuids", "suggestion_uuids", "outcome", "created_at", "reuse_of"):
             setattr(decision, key, values[key])
         decision.id = decision_id
         return decision
 
-    def _append(self, values: dict[str, Any], check_snooze: bool, parameters: dict[str, Any]) -> int:
+    @staticmethod
+    def _settle(values: dict[str, Any], state: Mapping[str, Any]) -> None:
+        """Apply what the read under the lock found: an earlier answer to this call, a reuse, a snooze."""
+        if state.get("same") is not None:
+            raise _Answered(int(state["same"]))
+        if state.get("earlier") is not None:
+            values["reuse_of"] = int(state["earlier"])
+        if state.get("snoozed"):
+            values.update(cards=[], card_uuids=[], suggestion_uuids=[], outcome="snoozed")
+
+    def _append(self, values: dict[str, Any], shape: tuple[bool, bool], parameters: dict[str, Any]) -> int:
         with self.engine.begin() as connection:
             chain.lock(connection)
-            state = connection.execute(_state_query(check_snooze, False), parameters).one()
-            if check_snooze and state.snoozed:
-                values.update(cards=[], card_uuids=[], suggestion_uuids=[], outcome="snoozed")
+            state = connection.execute(_state_query(shape[0], False, shape[1]), parameters).one()
+            self._settle(values, dict(state._mapping))
             decision_id: int = connection.execute(_INSERT_DECISION, values).scalar_one()
             link = chain.entry(
-                self.audit_key, "decision", decision_id, {"id": decision_id, **values}, state.seq, state.entry_hash
+                self.audit_key, "decision", decision_id, {"id": decision_id, **values}, state.seq, state.entry_hash, self.clock()
             )
             if values["card_uuids"]:
                 connection.execute(
@@ -206,26 +242,39 @@ class DecisionLog:
             connection.execute(_INSERT_LOG_ENTRY, link)
         return decision_id
 
-    def _append_postgres(self, values: dict[str, Any], check_snooze: bool, parameters: dict[str, Any]) -> int:
+    def _append_postgres(self, values: dict[str, Any], shape: tuple[bool, bool], parameters: dict[str, Any]) -> int:
         statements = self._postgres_statements
         assert statements is not None
         with self.engine.begin() as connection:
             cursor = connection.connection.cursor()
             try:
                 statements.lock.execute(cursor, {})
-                statements.state[check_snooze].execute(cursor, parameters)
-                state = cursor.fetchone()
-                assert state is not None  # the head query always answers one row
-                seq, prev, decision_id, *snoozed = state
-                if snoozed and snoozed[0]:
-                    values.update(cards=[], card_uuids=[], suggestion_uuids=[], outcome="snoozed")
-                link = chain.entry(self.audit_key, "decision", decision_id, {"id": decision_id, **values}, seq, prev)
+                statements.state[shape].execute(cursor, parameters)
+                found = cursor.fetchone()
+                assert found is not None and cursor.description is not None  # the head query always answers one row
+                state = dict(zip([column[0] for column in cursor.description], found, strict=True))
+                self._settle(values, state)
+                decision_id = state["decision_id"]
+                link = chain.entry(
+                    self.audit_key,
+                    "decision",
+                    decision_id,
+                    {"id": decision_id, **values},
+                    state["seq"],
+                    state["entry_hash"],
+                    self.clock(),
+                )
                 row = {k: json_text(v) if k in _JSON_COLUMNS else v for k, v in values.items()}
                 links = {f"link_{k}": v for k, v in link.items()}
                 statements.insert.execute(cursor, {"id": decision_id, "card_list": values["card_uuids"], **row, **links})
             finally:
                 cursor.close()
         return int(decision_id)
+
+    def _decision_by_id(self, decision_id: int) -> Decision:
+        with self.engine.connect() as connection:
+            row = connection.execute(select(Decision).where(Decision.id == decision_id)).one()
+        return _decision(row._mapping)
 
     @staticmethod
     def _answered(connection: Connection, decision: Decision) -> Decision | None:
@@ -234,23 +283,37 @@ class DecisionLog:
         query = select(Decision).where(
             Decision.service_id == decision.service_id,
             Decision.hook_instance == decision.hook_instance,
+            Decision.issuer == decision.issuer,
+            func.coalesce(Decision.tenant, "") == (decision.tenant or ""),
+            Decision.input_digest == decision.input_digest,
             Decision.status_code == 200,
         )
         row = connection.execute(query.order_by(Decision.id).limit(1)).first()
         return _decision(row._mapping) if row is not None else None
 
-    def decision_for_card(self, service_id: str, card_uuid: str) -> Decision | None:
+    def decision_for_card(self, service_id: str, card_uuid: str, issuer: str, tenant: str | None) -> Decision | None:
+        """The decision that showed this card to this caller: another issuer's or tenant's cards are not
+        theirs to give feedback on, and are not told apart from cards that do not exist."""
         with self.sessions() as session:
-            return session.scalar(
+            decision = session.scalar(
                 select(Decision)
                 .join(IssuedCard, IssuedCard.decision_id == Decision.id)
-                .where(IssuedCard.card_uuid == card_uuid, Decision.service_id == service_id)
+                .where(
+                    IssuedCard.card_uuid == card_uuid,
+                    Decision.service_id == service_id,
+                    Decision.issuer == issuer,
+                    func.coalesce(Decision.tenant, "") == (tenant or ""),
+                )
             )
+        # the card must be among those the chained decision row recorded, whatever issued_cards says
+        if decision is None or card_uuid not in (decision.card_uuids or []):
+            return None
+        return decision
 
     def add_feedback(self, item: Feedback) -> bool:
         """True when stored (and chained), False when this exact item was already received."""
         values = {c.key: getattr(item, c.key) for c in Feedback.__table__.columns if c.key != "id"}
-        values["created_at"] = values["created_at"] or utcnow()
+        values["created_at"] = values["created_at"] or self.clock()
         values["accepted_suggestions"] = values["accepted_suggestions"] or []
         with self.engine.begin() as connection:
             chain.lock(connection)
@@ -264,16 +327,16 @@ class DecisionLog:
             if duplicate is not None:
                 return False
             feedback_id = connection.execute(insert(Feedback).returning(Feedback.id), values).scalar_one()
-            chain.link(connection, self.audit_key, "feedback", feedback_id, {"id": feedback_id, **values})
+            chain.link(connection, self.audit_key, "feedback", feedback_id, {"id": feedback_id, **values}, self.clock())
         return True
 
     def record_access(self, username: str, action: str, details: dict[str, Any]) -> None:
         """Log an auditor's search or view, chained like every other entry."""
-        values = {"created_at": utcnow(), "username": username, "action": action, "details": details}
+        values = {"created_at": self.clock(), "username": username, "action": action, "details": details}
         with self.engine.begin() as connection:
             chain.lock(connection)
             access_id = connection.execute(insert(AccessRecord).returning(AccessRecord.id), values).scalar_one()
-            chain.link(connection, self.audit_key, "access", access_id, {"id": access_id, **values})
+            chain.link(connection, self.audit_key, "access", access_id, {"id": access_id, **values}, self.clock())
 
 
 def _decision(row: Any) -> Decision:

@@ -3,20 +3,35 @@
 Keys the EHR omitted are fetched in parallel with short timeouts, following Bundle `next` links on
 the same server up to a page cap. A key sent as `null` means "no data" and is not fetched. When the
 data cannot be had the call fails with 412 Precondition Failed (CDS Hooks 2.0).
+
+The FHIR-server rule: the EHR's access token goes only where `cds_service.egress` allows. An issuer
+with `fhir_servers` configured may name only a server under one of those prefixes; an issuer without
+may name any host whose addresses are not loopback, link-local, metadata, unspecified, multicast,
+reserved or the service's own Redis or database, checked on every connection. `https` only unless
+`allow_http`; no redirects, no proxies; `next` links must pass the same rule and stay on the same
+server. A refused server answers 412 `fhir_server_not_allowed`, and since every FHIR call carries the
+access token (CDS Hooks 2.0: the service presents one with each FHIR API call), a fetch without
+`fhirAuthorization` answers 412 `fhir_authorization_required` without calling anyone.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import socket
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 import orjson
 
+from cds_service.egress import EgressPolicy, EgressRefused, Resolver, egress_client, same_origin
 from cds_service.errors import ApiError
+from cds_service.settings import Settings
+
+log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
 _USER_TOKENS = {
@@ -30,6 +45,25 @@ _USER_TOKENS = {
 class PrefetchUnavailable(ApiError):
     def __init__(self, message: str, keys: list[str]) -> None:
         super().__init__(412, "prefetch_unavailable", message, keys=keys)
+
+
+class FhirServerNotAllowed(ApiError):
+    """The request's fhirServer (or a URL built from it) is not one the EHR's token may be sent to."""
+
+    def __init__(self, reason: str, keys: list[str]) -> None:
+        message = f"The fhirServer is not one this service may send the access token to: {reason}."
+        super().__init__(412, "fhir_server_not_allowed", message, keys=keys)
+
+
+class FhirAuthorizationRequired(ApiError):
+    """Keys must be fetched but the request has no fhirAuthorization: no FHIR call goes out without a token."""
+
+    def __init__(self, keys: list[str]) -> None:
+        message = (
+            "Prefetch keys are missing and the request has no fhirAuthorization; "
+            "this service calls the FHIR server only with the access token the EHR provides."
+        )
+        super().__init__(412, "fhir_authorization_required", message, keys=keys)
 
 
 def render_template(template: str, context: Mapping[str, Any]) -> str | None:
@@ -56,17 +90,38 @@ def render_template(template: str, context: Mapping[str, Any]) -> str | None:
     return None if missing else rendered
 
 
-def _same_origin(url: str, base: str) -> bool:
-    a, b = urlsplit(url), urlsplit(base)
-    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
-
-
 class PrefetchFetcher:
-    def __init__(self, timeout: float, max_pages: int, client: httpx.Client | None = None) -> None:
+    """Fetches missing prefetch keys from the request's FHIR server, where the egress policy allows."""
+
+    def __init__(
+        self,
+        timeout: float,
+        max_pages: int,
+        policy: EgressPolicy,
+        *,
+        network_backend: httpcore.NetworkBackend | None = None,
+    ) -> None:
         self.timeout = timeout
         self.max_pages = max_pages
-        self.client = client or httpx.Client(timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=20))
+        self.policy = policy
+        # servers an administrator listed for the issuer are connected to as they resolve; every other host
+        # has its addresses checked on each connection. Two pools, so a kept-alive connection opened for a
+        # listed server (its address unchecked) never serves the call of an issuer without a list
+        self._listed_client = egress_client(policy, timeout=timeout, check_addresses=False, network_backend=network_backend)
+        self._checked_client = egress_client(policy, timeout=timeout, check_addresses=True, network_backend=network_backend)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="prefetch")
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        resolver: Resolver = socket.getaddrinfo,
+        network_backend: httpcore.NetworkBackend | None = None,
+    ) -> PrefetchFetcher:
+        """The fetcher the settings describe; `resolver` and `network_backend` are for tests."""
+        policy = EgressPolicy.from_settings(settings, resolver=resolver)
+        return cls(settings.fetch_timeout_seconds, settings.fetch_max_pages, policy, network_backend=network_backend)
 
     def complete(
         self,
@@ -75,8 +130,12 @@ class PrefetchFetcher:
         prefetch: Mapping[str, Any],
         fhir_server: str | None,
         access_token: str | None,
+        issuer: str,
     ) -> tuple[dict[str, Any], list[str]]:
-        """The prefetch with every template key filled, and notes on anything read only in part."""
+        """The prefetch with every template key filled, and notes on anything read only in part.
+
+        `issuer` is the calling EHR's JWT issuer, whose `fhir_servers` decide where its token may go.
+        """
         missing = [key for key in templates if key not in prefetch]
         completed = dict(prefetch)
         notes: list[str] = []
@@ -84,37 +143,61 @@ class PrefetchFetcher:
             return completed, notes
         if not fhir_server:
             raise PrefetchUnavailable("Prefetch keys are missing and no fhirServer was given to fetch them from.", missing)
-        urls: dict[str, str] = {}
+        base = self._allowed(fhir_server, issuer, missing)
+        if not access_token:
+            raise FhirAuthorizationRequired(missing)
+        urls: dict[str, httpx.URL] = {}
         for key in missing:
             rendered = render_template(templates[key], context)
             if rendered is None:
                 raise PrefetchUnavailable(f"Prefetch template '{key}' cannot be filled from the context.", [key])
-            urls[key] = f"{fhir_server.rstrip('/')}/{rendered}"
-        headers = {"Accept": "application/fhir+json"}
-        if access_token:
-            headers["Authorization"] = f"Bearer {access_token}"
-        futures = {key: self._pool.submit(self._fetch, key, url, fhir_server, headers) for key, url in urls.items()}
-        failed = []
+            url = self._allowed(f"{fhir_server.rstrip('/')}/{rendered}", issuer, [key])
+            if not same_origin(url, base):
+                raise self._refusal(issuer, EgressRefused("a prefetch URL built from it leaves its server"), [key])
+            urls[key] = url
+        headers = {"Accept": "application/fhir+json", "Authorization": f"Bearer {access_token}"}
+        client = self._listed_client if self.policy.listed(issuer) else self._checked_client
+        futures = {key: self._pool.submit(self._fetch, client, key, url, base, issuer, headers) for key, url in urls.items()}
+        failed: list[str] = []
+        refused: list[tuple[str, EgressRefused]] = []
         for key, future in futures.items():
             try:
                 completed[key], key_notes = future.result()
                 notes.extend(key_notes)
+            except EgressRefused as exc:  # the address check on connecting
+                refused.append((key, exc))
             except (httpx.HTTPError, ValueError):
                 failed.append(key)
+        if refused:
+            raise self._refusal(issuer, refused[0][1], sorted(key for key, _ in refused))
         if failed:
             raise PrefetchUnavailable("The FHIR server did not provide the data this service needs.", sorted(failed))
         return completed, notes
 
-    def _fetch(self, key: str, url: str, base: str, headers: dict[str, str]) -> tuple[Any, list[str]]:
+    def _allowed(self, url: str, issuer: str, keys: list[str]) -> httpx.URL:
+        try:
+            return self.policy.check_url(url, issuer)
+        except EgressRefused as exc:
+            raise self._refusal(issuer, exc, keys) from None
+
+    @staticmethod
+    def _refusal(issuer: str, refused: EgressRefused, keys: list[str]) -> FhirServerNotAllowed:
+        # the reason names no URL and no token; the issuer is configuration, written with repr against log forging
+        log.warning("refused the fhirServer of a call from issuer %r: %s", issuer, refused.reason)
+        return FhirServerNotAllowed(refused.reason, keys)
+
+    def _fetch(
+        self, client: httpx.Client, key: str, url: httpx.URL, base: httpx.URL, issuer: str, headers: dict[str, str]
+    ) -> tuple[Any, list[str]]:
         pages: list[Any] = []
         notes: list[str] = []
-        next_url: str | None = url
+        next_url: httpx.URL | None = url
         while next_url:
             if len(pages) == self.max_pages:
                 notes.append(f"Only the first {self.max_pages} pages of '{key}' were read; the record may hold more.")
                 break
-            response = self.client.get(next_url, headers=headers)
-            response.raise_for_status()
+            response = client.get(next_url, headers=headers)
+            response.raise_for_status()  # a redirect too: it is never followed
             page = orjson.loads(response.content)
             if not isinstance(page, dict) or "resourceType" not in page:
                 raise ValueError("not a FHIR resource")
@@ -123,9 +206,23 @@ class PrefetchFetcher:
             if page["resourceType"] == "Bundle":
                 for link in page.get("link") or []:
                     if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-                        if _same_origin(link["url"], base):
-                            next_url = link["url"]
-                        else:
-                            # never send the EHR's token to another origin
-                            notes.append(f"A further page of '{key}' on another server was not fetched.")
+                        next_url, note = self._next(link["url"], key, base, issuer)
+                        if note:
+                            notes.append(note)
         return (pages[0] if len(pages) == 1 else pages), notes
+
+    def _next(self, link: str, key: str, base: httpx.URL, issuer: str) -> tuple[httpx.URL | None, str | None]:
+        """A `next` link to follow, or a note on why it is not: the token goes only where the policy allows."""
+        try:
+            url = self.policy.check_url(link, issuer)
+        except EgressRefused:
+            url = None
+        if url is not None and same_origin(url, base):
+            return url, None
+        try:
+            other_server = not same_origin(httpx.URL(link), base)
+        except httpx.InvalidURL:
+            other_server = True
+        if other_server:
+            return None, f"A further page of '{key}' on another server was not fetched."
+        return None, f"A further page of '{key}' outside the FHIR server this service may read was not fetched."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,17 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     UniqueConstraint,
     create_engine,
     event,
+    func,
     text,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ClauseElement
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -43,11 +47,15 @@ class Decision(Base):
     __table_args__ = (
         # not unique: a failed call and its successful retry are both kept (the log is append-only)
         Index("ix_decisions_service_instance", "service_id", "hook_instance"),
-        # but a call is answered once: a retry or a racing duplicate gets the first answer
+        # but a call is answered once: a retry of the same request by the same caller (issuer, tenant)
+        # gets the first answer; any other reuse of a hookInstance is answered afresh
         Index(
             "uq_decisions_answered",
             "service_id",
             "hook_instance",
+            "issuer",
+            func.coalesce(text("tenant"), ""),
+            "input_digest",
             unique=True,
             sqlite_where=text("status_code = 200"),
             postgresql_where=text("status_code = 200"),
@@ -75,6 +83,8 @@ class Decision(Base):
     cards: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     input_digest: Mapped[str | None] = mapped_column(String(80))
     latency_ms: Mapped[float] = mapped_column(Float)
+    # the earlier answered decision whose hookInstance this call reused with another request or caller
+    reuse_of: Mapped[int | None] = mapped_column(Integer)
 
 
 class IssuedCard(Base):
@@ -103,6 +113,7 @@ class Feedback(Base):
     override_comment: Mapped[str | None] = mapped_column(String(2000))
     issuer: Mapped[str | None] = mapped_column(String(500))
     patient_pseudonym: Mapped[str | None] = mapped_column(String(64), index=True)
+    tenant: Mapped[str | None] = mapped_column(String(200))
 
 
 class AccessRecord(Base):
@@ -130,6 +141,21 @@ class LogEntry(Base):
     payload_hash: Mapped[str] = mapped_column(String(64))
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+    # 1: entries written before revision 0005; 2: the keyed hash also covers created_at (chain.py)
+    format: Mapped[int] = mapped_column(SmallInteger, default=2, server_default="1")
+
+
+class Anchor(Base):
+    """A head written to the anchor file, listed here too: a missing or cut anchor file is then noticed."""
+
+    __tablename__ = "anchors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    entry_hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[str] = mapped_column(String(40))
+    mac: Mapped[str] = mapped_column(String(64))
 
 
 class Checkpoint(Base):
@@ -201,6 +227,28 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, json_serializer=json_text)
 
 
+@dataclass(frozen=True)
+class DriverStatement:
+    """A statement compiled once to the driver's SQL, with the values of its constant parameters, for the
+    paths where SQLAlchemy's per-execution work is the larger part of the cost (bench/README.md)."""
+
+    sql: str
+    constants: dict[str, Any]
+    positions: tuple[str, ...] | None  # the parameter names in order, for drivers with positional parameters
+
+    @classmethod
+    def of(cls, statement: ClauseElement, dialect: Dialect) -> DriverStatement:
+        compiled = statement.compile(dialect=dialect)
+        order = getattr(compiled, "positiontup", None)  # set by SQL compilers for positional drivers
+        positions = tuple(order) if dialect.positional and order else None
+        # named parameters have no value here: left out, so a call that forgets one fails loudly
+        return cls(str(compiled), {k: v for k, v in compiled.params.items() if v is not None}, positions)
+
+    def execute(self, cursor: Any, parameters: dict[str, Any]) -> None:
+        values = {**self.constants, **parameters}
+        cursor.execute(self.sql, [values[name] for name in self.positions] if self.positions else values)
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision."""
     config = Config()
@@ -268,3 +316,14 @@ class PopulationAssessment(Base):
     worklist: Mapped[bool] = mapped_column(Boolean, default=False)
     assessment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(String(2000))
+
+
+class SeenToken(Base):
+    """An accepted EHR JWT, remembered until it expires so it is accepted once (the replay memory
+    without Redis, shared by every process on the database). Keyed by SHA-256 of `issuer|jti`, never the token."""
+
+    __tablename__ = "seen_tokens"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # seconds since the epoch; expired rows may be reused by the same jti and are deleted now and then
+    expires_at: Mapped[float] = mapped_column(Float, index=True)

@@ -154,7 +154,7 @@ class HookPipeline:
             patient_id = request.context.get("patientId")
             row.patient_pseudonym = self.log.pseudonym(patient_id)
             prefetch, fetch_notes = self.fetcher.complete(
-                service.prefetch, request.context, request.prefetch, request.fhir_server, request.access_token
+                service.prefetch, request.context, request.prefetch, request.fhir_server, request.access_token, caller.issuer
             )
             evaluation = evaluate(
                 self.model,
@@ -163,7 +163,11 @@ class HookPipeline:
                 prefetch,
                 CardOptions(docs_url=f"{base_url}/model"),
                 today=datetime.now(UTC).date(),
-                instance=request.hook_instance,
+                # card uuids are stable for a retry of this very call and differ for any other use of
+                # the hookInstance (another patient, body or caller): feedback then finds the right card
+                instance="|".join(
+                    (request.hook_instance, service.id, caller.issuer, caller.tenant or "", row.input_digest or "")
+                ),
                 notes=fetch_notes,
             )
         except ApiError as exc:
@@ -250,7 +254,7 @@ class FeedbackPipeline:
             raise _bad("feedback.outcome must be 'accepted' or 'overridden'.")
         if not isinstance(timestamp, str) or _timestamp(timestamp) is None:
             raise _bad("feedback.outcomeTimestamp must be an ISO 8601 date-time.")
-        decision = self.log.decision_for_card(service_id, card)
+        decision = self.log.decision_for_card(service_id, card, caller.issuer, caller.tenant)
         if decision is None:
             raise ApiError(404, "unknown_card", f"Card '{card}' was not issued by service '{service_id}'.")
         accepted: list[str] = []
@@ -285,6 +289,7 @@ class FeedbackPipeline:
             override_system=system,
             override_comment=comment[:2000] if comment else None,
             issuer=caller.issuer,
+            tenant=caller.tenant,
             patient_pseudonym=decision.patient_pseudonym,
         )
 

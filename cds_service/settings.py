@@ -30,6 +30,13 @@ class SettingsError(ValueError):
     """The configuration cannot be used; the message names the key."""
 
 
+def _absolute_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an absolute http(s) URL")
+    return value
+
+
 class TrustedIssuer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -37,6 +44,24 @@ class TrustedIssuer(BaseModel):
     jwks: dict[str, Any] | None = None
     jku_allowlist: list[str] = Field(default_factory=list)
     tenants: list[str] = Field(default_factory=list)
+    # URL prefixes of the FHIR servers this issuer's calls may name as fhirServer; the service sends the
+    # issuer's access tokens nowhere else. Empty: any public address (never loopback, link-local, metadata)
+    fhir_servers: list[str] = Field(default_factory=list)
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url_is_absolute(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute_http_url(value)
+
+    @field_validator("jku_allowlist", "fhir_servers")
+    @classmethod
+    def _urls_are_absolute(cls, values: list[str]) -> list[str]:
+        return [_absolute_http_url(v) for v in values]
+
+    def plain_http_urls(self) -> list[str]:
+        """The configured URLs that would travel without TLS."""
+        urls = [self.jwks_url or "", *self.jku_allowlist, *self.fhir_servers]
+        return [u for u in urls if u.startswith("http://")]
 
     @model_validator(mode="after")
     def _one_key_source(self) -> TrustedIssuer:
@@ -44,6 +69,18 @@ class TrustedIssuer(BaseModel):
             raise ValueError("give exactly one of 'jwks_url' or 'jwks'")
         if self.jwks is not None and not isinstance(self.jwks.get("keys"), list):
             raise ValueError("'jwks' must be a JSON Web Key Set with a 'keys' list")
+        return self
+
+    @model_validator(mode="after")
+    def _no_symmetric_keys(self) -> TrustedIssuer:
+        # CDS Hooks: EHR JWTs SHALL NOT be signed with symmetric algorithms; a shared secret has no place here
+        keys = (self.jwks or {}).get("keys")
+        for key in keys if isinstance(keys, list) else []:
+            if isinstance(key, dict) and key.get("kty") == "oct":
+                raise ValueError(
+                    f"'jwks' holds a symmetric key (kty 'oct', kid {key.get('kid')!r}); "
+                    "CDS Hooks forbids symmetric JWT signatures: list the EHR's public EC or RSA keys only"
+                )
         return self
 
 
@@ -56,6 +93,11 @@ class Settings(BaseModel):
     public_base_url: str | None = None
     trusted_issuers: dict[str, TrustedIssuer] = Field(default_factory=dict)
     jwt_leeway_seconds: int = Field(60, ge=0, le=600)
+    # the longest exp - iat accepted (beyond the leeway): EHR tokens are for one call, minutes at most
+    jwt_max_lifetime_seconds: int = Field(300, ge=30, le=3600)
+    # plain-http FHIR servers and key-set URLs, for development against local peers only: production
+    # traffic carries bearer tokens and keys, which CDS Hooks requires over TLS
+    allow_http: bool = False
     jti_ttl_seconds: int = Field(3600, ge=60)
     jwks_cache_seconds: int = Field(600, ge=0)
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
@@ -88,6 +130,17 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     # apply database migrations at start; `spine-cds serve` does it once and turns this off for workers
     auto_migrate: bool = True
+
+    @model_validator(mode="after")
+    def _tls_unless_allowed(self) -> Settings:
+        if not self.allow_http:
+            for name, issuer in self.trusted_issuers.items():
+                plain = issuer.plain_http_urls()
+                if plain:
+                    raise ValueError(
+                        f"issuer {name!r}: {plain[0]} is plain http; use https (or SPINE_CDS_ALLOW_HTTP=true in development)"
+                    )
+        return self
 
     @field_validator("public_base_url")
     @classmethod

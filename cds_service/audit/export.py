@@ -52,6 +52,7 @@ CSV_COLUMNS = (
     "finding_signals",
     "feedback_accepted",
     "feedback_overridden",
+    "reuse_of",
 )
 # a spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -121,6 +122,7 @@ def audit_event(decision: dict[str, Any], pseudonym: Pseudonym) -> dict[str, Any
     details: list[tuple[str, Any]] = [
         ("service", service_id),
         ("hook-instance", decision.get("hook_instance")),
+        ("reuse-of-decision", decision.get("reuse_of")),
         ("tenant", decision.get("tenant")),
         ("outcome", decision.get("outcome")),
         ("status-code", decision.get("status_code")),
@@ -200,6 +202,7 @@ def csv_row(decision: dict[str, Any], feedback: list[dict[str, Any]]) -> list[An
         signals,
         sum(1 for f in feedback if f["outcome"] == "accepted"),
         sum(1 for f in feedback if f["outcome"] == "overridden"),
+        decision.get("reuse_of"),
     ]
     return [_cell("" if v is None else v) for v in values]
 

@@ -70,6 +70,8 @@ _FEEDBACK = {
         "override_code": _NULLABLE_STRING,
         "override_system": _NULLABLE_STRING,
         "override_comment": _NULLABLE_STRING,
+        "issuer": _NULLABLE_STRING,
+        "tenant": _NULLABLE_STRING,
     },
 }
 
@@ -182,7 +184,7 @@ def document() -> dict[str, Any]:
                         "200": {
                             "description": "A header row, then one row per decision (oldest first): the summary columns, "
                             "model_id, model_hash, card_count, finding_signals (';'-separated), feedback_accepted, "
-                            "feedback_overridden. Cells starting with = + - @ are prefixed with a single quote.",
+                            "feedback_overridden, reuse_of. Cells starting with = + - @ are prefixed with a single quote.",
                             "content": {"text/csv": {"schema": _STRING}},
                         },
                         **common,
@@ -254,6 +256,11 @@ def document() -> dict[str, Any]:
                                 "cards": {"type": "array", "items": {"type": "object"}},
                                 "assessment": {"type": ["object", "null"]},
                                 "input_digest": _NULLABLE_STRING,
+                                "reuse_of": {
+                                    "type": ["integer", "null"],
+                                    "description": "The earlier decision that answered this hookInstance for another "
+                                    "request or caller; this call was answered afresh.",
+                                },
                                 "feedback": {"type": "array", "items": _FEEDBACK},
                             },
                         },

@@ -45,6 +45,8 @@ def service_factory(tmp_path: Path, ehr: SigningEhr) -> Iterator[Callable[..., R
             "instance_path": str(tmp_path / f"instance-{len(stack)}"),
             "trusted_issuers": {ehr.issuer: {"jwks": ehr.jwks}},
             "pseudonym_key": "test-pseudonym-key",
+            # the test peers (FHIR servers, key sets) speak plain http on loopback
+            "allow_http": True,
         }
         config.update(settings)
         app = create_app(config)
@@ -64,6 +66,20 @@ def service_factory(tmp_path: Path, ehr: SigningEhr) -> Iterator[Callable[..., R
 def service(service_factory: Callable[..., RunningService]) -> RunningService:
     """The service on SQLite, the embedded default."""
     return service_factory()
+
+
+@pytest.fixture
+def service_trusting(service_factory: Callable[..., RunningService], ehr: SigningEhr) -> Callable[..., RunningService]:
+    """Start the service with these URL prefixes as the EHR issuer's `fhir_servers` (plus any other settings).
+
+    The test FHIR servers listen on loopback, which the service refuses to an issuer without a list.
+    """
+
+    def start(*fhir_servers: str, **settings: Any) -> RunningService:
+        issuer = {"jwks": ehr.jwks, "fhir_servers": list(fhir_servers)}
+        return service_factory(trusted_issuers={ehr.issuer: issuer}, **settings)
+
+    return start
 
 
 @pytest.fixture
@@ -101,6 +117,7 @@ def module_service(tmp_path_factory: pytest.TempPathFactory, ehr: SigningEhr) ->
         "instance_path": str(tmp_path_factory.mktemp("module-instance")),
         "trusted_issuers": {ehr.issuer: {"jwks": ehr.jwks}},
         "pseudonym_key": "test-pseudonym-key",
+        "allow_http": True,
     }
     app = create_app(config)
     with serve(app) as base_url, httpx.Client(base_url=base_url, timeout=10) as client:

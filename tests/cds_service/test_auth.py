@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,10 +26,14 @@ import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.engine import Engine
 
 from cds_service import auth
-from cds_service.auth import MemoryReplayStore, RedisReplayStore
+from cds_service.auth import DatabaseReplayStore, RedisReplayStore
+from cds_service.db import make_engine, upgrade
+from cds_service.models import SeenToken
+from cds_service.settings import SettingsError, load_settings
 from hooks.synthetic import generate
 from tests.cds_service.requests import TODAY, patient_view
 from tests.conftest import redis_client_or_skip
@@ -77,6 +82,11 @@ def hs256(secret: bytes) -> Callable[[bytes], bytes]:
     return lambda data: hmac.new(secret, data, hashlib.sha256).digest()
 
 
+def es384(key: ec.EllipticCurvePrivateKey) -> Callable[[bytes], bytes]:
+    """A valid ES384 signature, for claims PyJWT will not encode (a non-string `iss`)."""
+    return lambda data: ECAlgorithm(ECAlgorithm.SHA384).sign(data, key)
+
+
 @dataclass
 class KeyPair:
     """An extra EC P-384 signing key with its own kid (for rotation and jku key sets)."""
@@ -113,13 +123,14 @@ class Endpoint:
     def audience(self, running: RunningService) -> str:
         return running.base_url + self.path
 
-    def body(self, running: RunningService) -> dict[str, Any] | None:
+    def body(self, running: RunningService, **claims: Any) -> dict[str, Any] | None:
+        """A valid body; for feedback a card is asked for first, with these claims in that call's token."""
         if self.method == "GET":
             return None
         if self.path == SERVICE_PATH:
             return patient_view()
         # feedback names a card this service issued: ask for one first
-        answer = running.post(SERVICE_PATH, patient_view())
+        answer = running.post(SERVICE_PATH, patient_view(), **claims)
         assert answer.status_code == 200, answer.text
         card = answer.json()["cards"][0]["uuid"]
         return {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": datetime.now(UTC).isoformat()}]}
@@ -149,6 +160,13 @@ def assert_bare_401(response: httpx.Response) -> None:
     assert response.status_code == 401, response.text
     assert response.content == b""
     assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def rejection_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The reasons logged for the 401s so far, in order (the service logs "rejected call to <path>: <reason>")."""
+    prefix = "rejected call to "
+    messages = [r.getMessage() for r in caplog.records if r.name == "cds_service.auth"]
+    return [m.split(": ", 1)[1] for m in messages if m.startswith(prefix)]
 
 
 def jwks_peer(holder: dict[str, Any]) -> HttpPeer:
@@ -229,12 +247,26 @@ def test_aud_as_array_containing_the_endpoint_is_accepted(service: RunningServic
 def test_tenant_and_extra_claims_are_accepted_when_tenant_listed(
     service_factory: ServiceFactory, ehr: SigningEhr, endpoint: Endpoint
 ) -> None:
-    """req 193, req 194: `tenant` (listed for the issuer), `sub` and claims this service does not know are accepted;
-    a token without `tenant` is accepted too."""
+    """req 193, req 194: `tenant` (listed for the issuer), `sub` and claims this service does not know are accepted."""
     running = service_factory(trusted_issuers={ehr.issuer: {"jwks": ehr.jwks, "tenants": ["acme-health", "other"]}})
     token = ehr.token(endpoint.audience(running), sub="user-7", tenant="acme-health", fhirUser="Practitioner/dr-1")
-    assert_ok(endpoint.send(running, bearer(token)))
-    assert_ok(endpoint.send(running, bearer(ehr.token(endpoint.audience(running), tenant=None))))
+    assert_ok(endpoint.send(running, bearer(token), endpoint.body(running, tenant="acme-health")))
+
+
+@each_endpoint
+def test_numeric_dates_may_be_fractional(service: RunningService, endpoint: Endpoint) -> None:
+    """req 190, req 191: `exp` and `iat` are NumericDates, JSON numbers that need not be integers."""
+    now = time.time()
+    token = service.ehr.token(endpoint.audience(service), iat=now - 0.25, exp=now + 299.5, nbf=now - 10.5)
+    assert_ok(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_lifetime_up_to_the_maximum_plus_leeway_is_accepted(service: RunningService, endpoint: Endpoint) -> None:
+    """req 190: `exp - iat` of the maximum lifetime (300 s) plus the leeway (60 s) is still accepted."""
+    now = int(time.time())
+    token = service.ehr.token(endpoint.audience(service), iat=now, exp=now + 360)
+    assert_ok(endpoint.send(service, bearer(token)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +409,123 @@ def test_token_with_unknown_kid_is_rejected(service: RunningService, endpoint: E
 def test_tenant_not_listed_for_issuer_is_rejected(service_factory: ServiceFactory, ehr: SigningEhr, endpoint: Endpoint) -> None:
     """req 193: a `tenant` the issuer's configuration does not list is refused."""
     running = service_factory(trusted_issuers={ehr.issuer: {"jwks": ehr.jwks, "tenants": ["acme-health"]}})
-    assert_bare_401(endpoint.send(running, bearer(ehr.token(endpoint.audience(running), tenant="someone-else"))))
+    body = endpoint.body(running, tenant="acme-health")
+    assert_bare_401(endpoint.send(running, bearer(ehr.token(endpoint.audience(running), tenant="someone-else")), body))
+
+
+@each_endpoint
+def test_token_without_tenant_to_an_issuer_restricted_to_tenants_is_rejected(
+    service_factory: ServiceFactory, ehr: SigningEhr, endpoint: Endpoint
+) -> None:
+    """req 193: an issuer configured with tenants serves those tenants only: a token naming none is refused."""
+    running = service_factory(trusted_issuers={ehr.issuer: {"jwks": ehr.jwks, "tenants": ["acme-health"]}})
+    body = endpoint.body(running, tenant="acme-health")
+    assert_bare_401(endpoint.send(running, bearer(ehr.token(endpoint.audience(running))), body))
+
+
+def _wrongly_typed(claim: str, kind: str) -> Any:
+    now = int(time.time())
+    number = {"exp": now + 300, "iat": now, "nbf": now - 10}[claim]
+    return {"numeric string": str(number), "boolean": True, "array": [number], "beyond 64 bits": number * 10**20}[kind]
+
+
+@each_endpoint
+@pytest.mark.parametrize(
+    ("claim", "kind"),
+    [
+        ("exp", "numeric string"),
+        ("iat", "numeric string"),
+        ("nbf", "numeric string"),
+        ("iat", "boolean"),
+        ("exp", "array"),
+        ("exp", "beyond 64 bits"),
+    ],
+)
+def test_numeric_date_that_is_not_a_json_number_is_rejected(
+    service: RunningService, endpoint: Endpoint, claim: str, kind: str
+) -> None:
+    """req 190, req 191: `exp`, `iat` and `nbf` are JSON numbers (of 64 bits at most); "1999999999" or `true`
+    is a 401 (not a 500, not accepted)."""
+    token = service.ehr.token(endpoint.audience(service), **{claim: _wrongly_typed(claim, kind)})
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+@pytest.mark.parametrize(
+    "jti", ["", 12345, ["a-jti"], {"id": "a-jti"}, True], ids=["empty", "number", "array", "object", "boolean"]
+)
+def test_jti_that_is_not_a_non_empty_string_is_rejected(service: RunningService, endpoint: Endpoint, jti: Any) -> None:
+    """req 192: `jti` is a non-empty string (a number or an empty string would make replays hard to tell apart)."""
+    token = service.ehr.token(endpoint.audience(service), jti=jti)
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+@pytest.mark.parametrize(("claim", "value"), [("sub", 42), ("tenant", ["acme-health"]), ("iss", 7)])
+def test_string_claim_of_another_type_is_rejected(service: RunningService, endpoint: Endpoint, claim: str, value: Any) -> None:
+    """req 187, req 193: `iss`, and `sub` and `tenant` when present, are strings."""
+    payload = claims(service.ehr.issuer, endpoint.audience(service), **{claim: value})
+    token = hand_made({"alg": "ES384", "typ": "JWT", "kid": "ec-1"}, payload, es384(service.ehr.ec_key))
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_aud_array_with_a_non_string_member_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 189: `aud` is a string or an array of strings."""
+    token = service.ehr.token("unused", aud=[endpoint.audience(service), 7])
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_exp_ten_years_ahead_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 190: a token is for one call; `exp - iat` beyond the maximum lifetime (300 s) plus leeway is refused."""
+    now = int(time.time())
+    token = service.ehr.token(endpoint.audience(service), iat=now, exp=now + 10 * 366 * 86400)
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+@each_endpoint
+def test_lifetime_just_beyond_the_maximum_plus_leeway_is_rejected(service: RunningService, endpoint: Endpoint) -> None:
+    """req 190: one second more than the maximum lifetime plus leeway is refused; the maximum is a setting."""
+    now = int(time.time())
+    token = service.ehr.token(endpoint.audience(service), iat=now, exp=now + 361)
+    assert_bare_401(endpoint.send(service, bearer(token)))
+
+
+def test_maximum_lifetime_is_configurable(service_factory: ServiceFactory, ehr: SigningEhr) -> None:
+    """SPINE_CDS_JWT_MAX_LIFETIME_SECONDS: a site whose EHR issues longer-lived tokens can raise the limit."""
+    running = service_factory(jwt_max_lifetime_seconds=900)
+    now = int(time.time())
+    audience = running.base_url + DISCOVERY_PATH
+    assert_ok(DISCOVERY.send(running, bearer(ehr.token(audience, iat=now, exp=now + 960))))
+    assert_bare_401(DISCOVERY.send(running, bearer(ehr.token(audience, iat=now, exp=now + 961))))
+
+
+def test_rejection_reasons_name_the_reason_code(
+    service_factory: ServiceFactory, ehr: SigningEhr, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The logged reason of each 401 starts with a plain code an operator can search for."""
+    caplog.set_level(logging.INFO, logger="cds_service.auth")
+    running = service_factory(trusted_issuers={ehr.issuer: {"jwks": ehr.jwks, "tenants": ["acme-health"]}})
+    audience = running.base_url + DISCOVERY_PATH
+    now = int(time.time())
+    replayed = ehr.token(audience, tenant="acme-health")
+    assert_ok(DISCOVERY.send(running, bearer(replayed)))
+    attempts = {
+        "expired": ehr.token(audience, tenant="acme-health", iat=now - 600, exp=now - 120),
+        "audience": ehr.token(running.base_url + SERVICE_PATH, tenant="acme-health"),
+        "claim types": ehr.token(audience, tenant="acme-health", exp=str(now + 300)),
+        "lifetime": ehr.token(audience, tenant="acme-health", exp=now + 3600),
+        "tenant": ehr.token(audience),
+        "key type": ehr.token(audience, tenant="acme-health", alg="RS384", headers={"kid": "ec-1"}),
+        "replay": replayed,
+    }
+    for token in attempts.values():
+        assert_bare_401(DISCOVERY.send(running, bearer(token)))
+    reasons = rejection_reasons(caplog)
+    assert [reason.split(":")[0].split(" (")[0] for reason in reasons] == list(attempts), reasons
+    for token in attempts.values():
+        assert not [reason for reason in reasons if token in reason]
 
 
 @each_endpoint
@@ -513,6 +661,109 @@ def test_jwks_url_with_allowlisted_jku(service_factory: ServiceFactory, ehr: Sig
 
 
 # ---------------------------------------------------------------------------------------------
+# Keys: asymmetric only, fitting the token's alg, for signatures
+# ---------------------------------------------------------------------------------------------
+
+
+def test_symmetric_key_in_a_fetched_key_set_is_never_used(
+    service_factory: ServiceFactory, ehr: SigningEhr, caplog: pytest.LogCaptureFixture
+) -> None:
+    """req 180, req 203: JWTs SHALL NOT be signed with symmetric algorithms. An `oct` key in the issuer's
+    fetched JWK Set verifies nothing: neither an HS256 token signed with it, nor a token naming it under
+    an asymmetric alg; the set's EC and RSA keys still verify."""
+    secret = b"a-secret-the-ehr-should-never-have-published"
+    oct_key = {"kty": "oct", "kid": "hmac-1", "k": b64url(secret), "use": "sig"}
+    peer = jwks_peer({"jwks": {"keys": [oct_key, *ehr.jwks["keys"]]}})
+    caplog.set_level(logging.INFO, logger="cds_service.auth")
+    with peer.running():
+        running = service_factory(trusted_issuers={ehr.issuer: {"jwks_url": peer.url + "/jwks.json"}})
+        audience = running.base_url + DISCOVERY_PATH
+        for alg in ("HS256", "ES384", "RS384"):
+            token = hand_made({"alg": alg, "typ": "JWT", "kid": "hmac-1"}, claims(ehr.issuer, audience), hs256(secret))
+            assert_bare_401(DISCOVERY.send(running, bearer(token)))
+        assert_ok(DISCOVERY.send(running, bearer(ehr.token(audience))))
+    reasons = rejection_reasons(caplog)
+    assert reasons[0].startswith("algorithm"), reasons
+    assert [reason.split(":")[0] for reason in reasons[1:]] == ["key type", "key type"], reasons
+
+
+def test_symmetric_key_in_inline_jwks_stops_start_up(service_factory: ServiceFactory, ehr: SigningEhr) -> None:
+    """req 203: an inline `jwks` holding a symmetric (`oct`) key is a configuration error; the message
+    names the problem and never the secret."""
+    secret = b64url(b"a-shared-secret-in-the-settings")
+    jwks = {"keys": [*ehr.jwks["keys"], {"kty": "oct", "kid": "hmac-1", "k": secret}]}
+    with pytest.raises(SettingsError, match="symmetric key") as raised:
+        service_factory(trusted_issuers={ehr.issuer: {"jwks": jwks}})
+    assert "SPINE_CDS_TRUSTED_ISSUERS" in str(raised.value)
+    assert secret not in str(raised.value)
+
+
+@each_endpoint
+def test_ec_key_offered_for_an_rs384_token_is_rejected(
+    service: RunningService, endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """req 180, req 182: the key a kid names must be of the token's algorithm family: an RS384 token (signed
+    with the issuer's RSA key) whose kid names the EC key is refused for its key type."""
+    caplog.set_level(logging.INFO, logger="cds_service.auth")
+    body = endpoint.body(service)
+    token = service.ehr.token(endpoint.audience(service), alg="RS384", headers={"kid": "ec-1"})
+    assert_bare_401(endpoint.send(service, bearer(token), body))
+    assert rejection_reasons(caplog)[-1].startswith("key type:"), rejection_reasons(caplog)
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [({"alg": "ES512"}, "key alg"), ({"use": "enc"}, "key use"), ({"key_ops": ["encrypt"]}, "key use")],
+    ids=["other-alg", "encryption-use", "encryption-ops"],
+)
+def test_key_meant_for_another_alg_or_use_is_rejected(
+    service_factory: ServiceFactory, ehr: SigningEhr, caplog: pytest.LogCaptureFixture, change: dict[str, Any], code: str
+) -> None:
+    """req 180, req 182: a key's own `alg`, when given, must be the header's; its `use`, when given, `sig`."""
+    caplog.set_level(logging.INFO, logger="cds_service.auth")
+    ec_key = {**ehr.jwks["keys"][0], **change}
+    running = service_factory(trusted_issuers={ehr.issuer: {"jwks": {"keys": [ec_key]}}})
+    assert_bare_401(DISCOVERY.send(running, bearer(ehr.token(running.base_url + DISCOVERY_PATH))))
+    assert rejection_reasons(caplog)[-1].startswith(code + ":"), rejection_reasons(caplog)
+
+
+def test_key_without_alg_or_use_fits_by_type(service_factory: ServiceFactory, ehr: SigningEhr) -> None:
+    """req 182: `alg` and `use` are optional in a JWK; an EC P-384 key without them verifies ES384, an RSA key RS384 and PS256."""
+    keys = [{k: v for k, v in key.items() if k not in ("alg", "use")} for key in ehr.jwks["keys"]]
+    running = service_factory(trusted_issuers={ehr.issuer: {"jwks": {"keys": keys}}})
+    for alg in ("ES384", "RS384", "PS256"):
+        assert_ok(DISCOVERY.send(running, bearer(ehr.token(running.base_url + DISCOVERY_PATH, alg=alg))))
+
+
+def test_plain_http_jku_is_refused_at_verification_without_allow_http(service_factory: ServiceFactory, ehr: SigningEhr) -> None:
+    """req 198: key sets travel over TLS. Settings refuse plain-http key-set URLs at start; should one reach
+    the verifier anyway while allow_http is false, it is refused there too, and never fetched."""
+    jku_key = KeyPair.generate("jku-http")
+    peer = jwks_peer({"jwks": {"keys": [jku_key.jwk]}})
+    with peer.running():
+        jku = peer.url + "/jwks.json"
+        running = service_factory(trusted_issuers={ehr.issuer: {"jwks": ehr.jwks, "jku_allowlist": [jku]}})
+        authenticator = running.app.extensions["spine_cds"].authenticator
+        token = jku_key.sign(claims(ehr.issuer, running.base_url + DISCOVERY_PATH), jku=jku)
+        authenticator.allow_http = False
+        assert_bare_401(DISCOVERY.send(running, bearer(token)))
+        assert peer.requests == []
+        authenticator.allow_http = True  # the development setting lets the same jku through
+        assert_ok(DISCOVERY.send(running, bearer(token)))
+        assert len(peer.requests) == 1
+
+
+def test_plain_http_key_set_urls_stop_start_up_without_allow_http(ehr: SigningEhr) -> None:
+    """req 198: the start-up half of the same rule."""
+    for issuer in (
+        {"jwks_url": "http://ehr.example.org/jwks.json"},
+        {"jwks": ehr.jwks, "jku_allowlist": ["http://ehr.example.org/k"]},
+    ):
+        with pytest.raises(SettingsError, match="plain http"):
+            load_settings({"trusted_issuers": {ehr.issuer: issuer}}, environ={})
+
+
+# ---------------------------------------------------------------------------------------------
 # The audience behind a proxy: SPINE_CDS_PUBLIC_BASE_URL
 # ---------------------------------------------------------------------------------------------
 
@@ -538,17 +789,100 @@ class StepClock:
         return self.now
 
 
-def test_memory_replay_store_remembers_jti_until_ttl() -> None:
-    """req 192: a jti is usable once while it is remembered."""
+@pytest.fixture
+def replay_engine(database_url: str) -> Iterator[Engine]:
+    """A migrated database (SQLite file or the session's PostgreSQL database) for the replay store."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def _seen(engine: Engine, *keys: str) -> dict[str, float]:
+    """The seen_tokens rows of these replay keys: {key: expires_at}."""
+    digests = {hashlib.sha256(key.encode()).hexdigest(): key for key in keys}
+    with engine.connect() as connection:
+        rows = connection.execute(select(SeenToken.key, SeenToken.expires_at).where(SeenToken.key.in_(digests))).all()
+    return {digests[row.key]: row.expires_at for row in rows}
+
+
+def test_database_replay_store_remembers_jti_until_ttl(replay_engine: Engine) -> None:
+    """req 192: a jti is usable once while it is remembered, and again once its memory has expired."""
     clock = StepClock()
-    store = MemoryReplayStore(clock=clock)
-    assert store.first_use("iss|a", 60) is True
-    assert store.first_use("iss|a", 60) is False
-    assert store.first_use("iss|b", 60) is True
+    store = DatabaseReplayStore(replay_engine, clock=clock)
+    run = uuid.uuid4().hex
+    a, b = f"test-{run}|a", f"test-{run}|b"
+    assert store.first_use(a, 60) is True
+    assert store.first_use(a, 60) is False
+    assert store.first_use(b, 60) is True
     clock.now += 59
-    assert store.first_use("iss|a", 60) is False
+    assert store.first_use(a, 60) is False
     clock.now += 2
-    assert store.first_use("iss|a", 60) is True
+    assert store.first_use(a, 60) is True
+    assert store.first_use(a, 60) is False  # remembered afresh from this use
+    assert _seen(replay_engine, a) == {a: clock.now + 60}
+
+
+def test_database_replay_store_is_shared_between_instances(database_url: str, replay_engine: Engine) -> None:
+    """req 192: every process on the database (gunicorn workers, hosts on PostgreSQL) shares the jti memory."""
+    other_engine = make_engine(database_url)
+    try:
+        one, two = DatabaseReplayStore(replay_engine), DatabaseReplayStore(other_engine)
+        run = uuid.uuid4().hex
+        first, second = f"test-{run}|jti-1", f"test-{run}|jti-2"
+        assert one.first_use(first, 60) is True
+        assert two.first_use(first, 60) is False
+        assert one.first_use(first, 60) is False
+        assert two.first_use(second, 60) is True
+        assert one.first_use(second, 60) is False
+    finally:
+        other_engine.dispose()
+
+
+def test_database_replay_store_lets_one_of_racing_uses_through(database_url: str, replay_engine: Engine) -> None:
+    """req 192: the same jti presented at once by many threads over two engines is a first use exactly once."""
+    other_engine = make_engine(database_url)
+    try:
+        stores = [DatabaseReplayStore(replay_engine), DatabaseReplayStore(other_engine)]
+        key = f"test-{uuid.uuid4().hex}|raced"
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            outcomes = list(pool.map(lambda n: stores[n % 2].first_use(key, 60), range(16)))
+        assert outcomes.count(True) == 1, outcomes
+    finally:
+        other_engine.dispose()
+
+
+def test_database_replay_store_keeps_digests_and_deletes_expired_rows(replay_engine: Engine) -> None:
+    """req 192: rows are keyed by SHA-256 of `issuer|jti` (never the token, nor the jti in clear), and
+    expired rows are deleted on a process's first call and every `cleanup_every` calls after."""
+    clock = StepClock()
+    store = DatabaseReplayStore(replay_engine, clock=clock, cleanup_every=2)
+    run = uuid.uuid4().hex
+    a, b, c = (f"https://ehr.example.org|test-{run}-{n}" for n in "abc")
+    assert store.first_use(a, 60) is True  # the first call also cleans up
+    clock.now += 61
+    assert store.first_use(b, 60) is True
+    assert set(_seen(replay_engine, a, b, c)) == {a, b}  # a has expired, but is still there
+    assert store.first_use(c, 60) is True  # the next cleanup
+    assert set(_seen(replay_engine, a, b, c)) == {b, c}
+    with replay_engine.connect() as connection:
+        keys = set(connection.execute(select(SeenToken.key)).scalars())
+    assert {hashlib.sha256(k.encode()).hexdigest() for k in (b, c)} <= keys
+    assert not [key for key in keys if run in key]
+
+
+def test_replay_rejected_by_second_service_instance_sharing_the_database(
+    service_factory: ServiceFactory, ehr: SigningEhr, database_url: str
+) -> None:
+    """req 192: without Redis the jti memory is the database, so a token replayed to another instance
+    (or gunicorn worker) on the same database is refused."""
+    public = "https://cds.example.org"
+    first = service_factory(public_base_url=public, database_url=database_url)
+    second = service_factory(public_base_url=public, database_url=database_url)
+    token = bearer(ehr.token(public + DISCOVERY_PATH))
+    assert_ok(DISCOVERY.send(first, token))
+    assert_bare_401(DISCOVERY.send(second, token))
+    assert_bare_401(DISCOVERY.send(first, token))
 
 
 @pytest.fixture
@@ -631,7 +965,8 @@ def test_tokens_are_never_logged_or_stored(
     access_token = f"fhir-access-{uuid.uuid4().hex}"
     fhir = FhirServer(generate("radiculopathy-knee-pain", seed=0, today=TODAY), token=access_token)
     with fhir.peer.running():
-        running = service_factory(log_level="DEBUG")
+        issuer = {"jwks": ehr.jwks, "fhir_servers": [fhir.base]}  # the loopback FHIR server, listed
+        running = service_factory(log_level="DEBUG", trusted_issuers={ehr.issuer: issuer})
         body = patient_view(prefetch=False)
         body["fhirServer"] = fhir.base
         body["fhirAuthorization"] = {

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from cds_service.cli import main
+from cds_service.models import SeenToken, make_engine
+from tests.support import SigningEhr
 
 
 def test_demo_once_calls_every_profile_prints_cards_and_sends_feedback(tmp_path: Path) -> None:
@@ -49,3 +55,56 @@ def test_serve_runs_gunicorn_with_migrations_and_a_shared_pseudonym_key(tmp_path
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@contextmanager
+def serving(env: dict[str, str], *options: str) -> Iterator[str]:
+    """`spine-cds serve` on a listening socket the test owns (requests queue until gunicorn serves); yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cds_service.cli", "serve", "--bind", f"fd://{listener.fileno()}", *options],
+        env=env,
+        pass_fds=(listener.fileno(),),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    listener.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_jwt_replayed_to_another_serve_process_on_the_same_instance_is_refused(tmp_path: Path) -> None:
+    """req 192 on embedded defaults (SQLite in the instance folder, no Redis): the jti memory is the
+    database every process opens, so a JWT accepted by one `spine-cds serve` is refused by another."""
+    ehr = SigningEhr()
+    public = "https://cds.example.org"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SPINE_CDS_")},
+        "SPINE_CDS_INSTANCE_PATH": str(tmp_path / "instance"),
+        "SPINE_CDS_TRUSTED_ISSUERS": json.dumps({ehr.issuer: {"jwks": ehr.jwks}}),
+        # both answer for one public URL, as two hosts behind a load balancer would
+        "SPINE_CDS_PUBLIC_BASE_URL": public,
+    }
+    token = {"Authorization": f"Bearer {ehr.token(public + '/cds-services')}"}
+    with serving(env, "--workers", "1") as first:
+        # the first is serving (and has migrated the database) before the second starts
+        assert httpx.get(f"{first}/readyz", timeout=60).status_code == 200
+        with serving(env, "--workers", "1") as second:
+            assert httpx.get(f"{second}/readyz", timeout=60).status_code == 200
+            accepted = httpx.get(f"{first}/cds-services", headers=token, timeout=10)
+            assert accepted.status_code == 200, accepted.text
+            assert [s["id"] for s in accepted.json()["services"]]
+            replayed = httpx.get(f"{second}/cds-services", headers=token, timeout=10)
+            assert replayed.status_code == 401
+            assert replayed.content == b""
+    # the one remembered jti is in the SQLite file of the instance folder, as a digest
+    database = make_engine(f"sqlite:///{tmp_path / 'instance' / 'spine-cds.sqlite3'}")
+    try:
+        with database.connect() as connection:
+            assert [len(key) for key in connection.execute(select(SeenToken.key)).scalars()] == [64]
+    finally:
+        database.dispose()

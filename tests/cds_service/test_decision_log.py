@@ -181,12 +181,17 @@ def test_an_unauthenticated_call_logs_nothing(running: RunningService, log: LogR
 
 
 def test_no_patient_id_or_access_token_is_stored(
-    running: RunningService, log: LogReader, fhir_server_factory: Callable[..., FhirServer]
+    service_trusting: Callable[..., RunningService],
+    database_url: str,
+    read_log: Callable[[RunningService], LogReader],
+    fhir_server_factory: Callable[..., FhirServer],
 ) -> None:
     """The row names the patient only by a keyed HMAC; the EHR's FHIR access token is never stored."""
     resources = patient(fresh_seed())
     patient_id = resources[0]["id"]
     server = fhir_server_factory(resources, token=FHIR_TOKEN)
+    running = service_trusting(server.base, database_url=database_url)
+    log = read_log(running)
     body = fetched_from(patient_view_of(resources), server.base)
 
     cards = assert_cards_response(running.post(PATIENT_VIEW, body))
@@ -266,7 +271,9 @@ def test_a_second_answer_to_one_call_is_refused_by_the_database(running: Running
     body = patient_view_of(patient(fresh_seed()))
     assert running.post(PATIENT_VIEW, body).status_code == 200
     row = log.decision(hook_instance=body["hookInstance"])
-    second = {"service_id": row["service_id"], "hook_instance": body["hookInstance"], "latency_ms": 1.0}
+    # the same call: same service, hookInstance, caller (issuer, tenant) and request
+    same_call = ("service_id", "hook_instance", "issuer", "tenant", "input_digest")
+    second = {**{k: row[k] for k in same_call}, "latency_ms": 1.0}
     with pytest.raises(IntegrityError), log.engine.begin() as connection:
         connection.execute(insert(Decision), {**second, "outcome": "cards", "status_code": 200})
     # a failed attempt at the same call is still logged beside the answer

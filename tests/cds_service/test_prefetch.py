@@ -15,6 +15,9 @@ PATIENT_VIEW = "/cds-services/spine-knee-patient-view"
 SEARCHES = {"Condition", "Observation", "Procedure", "ServiceRequest"}
 
 StartFhir = Callable[..., FhirServer]
+# the service started with the issuer's fhir_servers listing the given bases (conftest.service_trusting)
+StartService = Callable[..., RunningService]
+ReadLog = Callable[[RunningService], LogReader]
 
 
 @pytest.fixture
@@ -38,12 +41,15 @@ def fetched_paths(server: FhirServer) -> list[str]:
     return sorted(r.path for r in server.peer.requests)
 
 
-def test_missing_prefetch_is_fetched_with_the_bearer_token(service: RunningService, fhir_server_factory: StartFhir) -> None:
+def test_missing_prefetch_is_fetched_with_the_bearer_token(
+    service_trusting: StartService, fhir_server_factory: StartFhir
+) -> None:
     """req 61: the service presents the access token from fhirAuthorization on every FHIR call
     (and fetches each of its five prefetch keys once)."""
     resources = radiculopathy(seed=101)
     patient_id = resources[0]["id"]
     server = fhir_server_factory(resources, token=FHIR_TOKEN)
+    service = service_trusting(server.base)
     body = fetched_from(patient_view_of(resources), server.base)
 
     cards = assert_cards_response(service.post(PATIENT_VIEW, body))
@@ -62,7 +68,7 @@ def test_missing_prefetch_is_fetched_with_the_bearer_token(service: RunningServi
 
 
 def test_next_links_are_followed_and_every_page_is_read(
-    service: RunningService, fhir_server_factory: StartFhir, read: LogReader
+    service_trusting: StartService, fhir_server_factory: StartFhir, read_log: ReadLog
 ) -> None:
     """The service follows searchset `next` links on the same server; findings on the last page still count."""
     core = generate("radiculopathy-knee-pain", seed=102, today=TODAY)
@@ -78,6 +84,8 @@ def test_next_links_are_followed_and_every_page_is_read(
     conditions = [r for r in resources if r["resourceType"] == "Condition"]
     assert len(conditions) == 12
     server = fhir_server_factory(resources, page_size=2, token=FHIR_TOKEN)
+    service = service_trusting(server.base)
+    read = read_log(service)
     body = fetched_from(patient_view_of(core), server.base)
 
     cards = assert_cards_response(service.post(PATIENT_VIEW, body))
@@ -95,9 +103,10 @@ def test_next_links_are_followed_and_every_page_is_read(
     assert logged == {f"Condition/{c['id']}" for c in findings}
 
 
-def test_a_key_sent_as_null_is_not_fetched(service: RunningService, fhir_server_factory: StartFhir) -> None:
+def test_a_key_sent_as_null_is_not_fetched(service_trusting: StartService, fhir_server_factory: StartFhir) -> None:
     resources = radiculopathy(seed=103)
     server = fhir_server_factory(resources, token=FHIR_TOKEN)
+    service = service_trusting(server.base)
     body = fetched_from(patient_view_of(resources), server.base)
     body["prefetch"] = {"procedures": None, "serviceRequests": None}
 
@@ -107,9 +116,10 @@ def test_a_key_sent_as_null_is_not_fetched(service: RunningService, fhir_server_
     assert {"/fhir/Condition", "/fhir/Observation"} <= set(paths)
 
 
-def test_a_key_sent_is_not_fetched_again(service: RunningService, fhir_server_factory: StartFhir) -> None:
+def test_a_key_sent_is_not_fetched_again(service_trusting: StartService, fhir_server_factory: StartFhir) -> None:
     resources = radiculopathy(seed=104)
     server = fhir_server_factory(resources, token=FHIR_TOKEN)
+    service = service_trusting(server.base)
     full = prefetch_for(resources)
     body = fetched_from(patient_view_of(resources), server.base)
     body["prefetch"] = {"patient": full["patient"], "conditions": full["conditions"]}
@@ -177,10 +187,11 @@ def test_one_missing_key_without_a_fhir_server_is_412(service: RunningService) -
     assert error_of(response)["details"]["keys"] == ["observations"]
 
 
-def test_a_fhir_server_error_is_412(service: RunningService, fhir_server_factory: StartFhir) -> None:
+def test_a_fhir_server_error_is_412(service_trusting: StartService, fhir_server_factory: StartFhir) -> None:
     """req 54: the FHIR server fails (500 for Condition) and the prefetch was not sent: 412."""
     resources = radiculopathy(seed=110)
     server = fhir_server_factory(resources, token=FHIR_TOKEN)
+    service = service_trusting(server.base)
     server.fail_types.add("Condition")
     response = service.post(PATIENT_VIEW, fetched_from(patient_view_of(resources), server.base))
     assert response.status_code == 412
@@ -189,13 +200,15 @@ def test_a_fhir_server_error_is_412(service: RunningService, fhir_server_factory
     assert error["details"]["keys"] == ["conditions"]
 
 
-@pytest.mark.parametrize("token", [None, "a-wrong-token"])
+# no token at all is now refused before any FHIR call: test_fhir_server_policy.py, fhir_authorization_required
+@pytest.mark.parametrize("token", ["a-wrong-token"])
 def test_a_fhir_server_refusing_the_token_is_412(
-    service: RunningService, fhir_server_factory: StartFhir, token: str | None
+    service_trusting: StartService, fhir_server_factory: StartFhir, token: str | None
 ) -> None:
     """req 54: without the right token the FHIR server answers 401, so the data cannot be had: 412."""
     resources = radiculopathy(seed=111)
     server = fhir_server_factory(resources, token=FHIR_TOKEN)
+    service = service_trusting(server.base)
     response = service.post(PATIENT_VIEW, fetched_from(patient_view_of(resources), server.base, token=token))
     assert response.status_code == 412
     assert error_of(response)["code"] == "prefetch_unavailable"
@@ -203,21 +216,23 @@ def test_a_fhir_server_refusing_the_token_is_412(
     assert sent == ({None} if token is None else {f"Bearer {token}"})
 
 
-def test_an_unreachable_fhir_server_is_412(service: RunningService) -> None:
+def test_an_unreachable_fhir_server_is_412(service_trusting: StartService) -> None:
     """req 54"""
     resources = radiculopathy(seed=112)
     # a server that has been started and stopped leaves a port nobody listens on
     with HttpPeer(lambda *_: (200, {})).running() as gone:
         closed = gone.url + "/fhir"
+    service = service_trusting(closed)
     response = service.post(PATIENT_VIEW, fetched_from(patient_view_of(resources), closed))
     assert response.status_code == 412
     assert error_of(response)["code"] == "prefetch_unavailable"
 
 
-def test_a_non_fhir_answer_is_412(service: RunningService) -> None:
+def test_a_non_fhir_answer_is_412(service_trusting: StartService) -> None:
     """req 54: a 200 that is not a FHIR resource does not count as the data."""
     resources = radiculopathy(seed=113)
     with HttpPeer(lambda *_: (200, {"hello": "world"})).running() as peer:
+        service = service_trusting(peer.url + "/fhir")
         response = service.post(PATIENT_VIEW, fetched_from(patient_view_of(resources), peer.url + "/fhir"))
     assert response.status_code == 412
     assert error_of(response)["code"] == "prefetch_unavailable"
@@ -237,13 +252,15 @@ class RedirectingFhirServer(FhirServer):
         return status, body
 
 
-def test_next_links_to_another_origin_are_not_followed(service: RunningService, read: LogReader) -> None:
+def test_next_links_to_another_origin_are_not_followed(service_trusting: StartService, read_log: ReadLog) -> None:
     """req 61: the token is presented only to the EHR's FHIR server; a `next` link elsewhere is not followed."""
     resources = radiculopathy(seed=114)
     other = HttpPeer(lambda *_: (200, {"resourceType": "Bundle", "type": "searchset", "total": 0}))
     with other.running():
         server = RedirectingFhirServer(resources, other.url, FHIR_TOKEN)
         with server.peer.running():
+            service = service_trusting(server.base)
+            read = read_log(service)
             body = fetched_from(patient_view_of(resources), server.base)
             response = service.post(PATIENT_VIEW, body)
     assert len(assert_cards_response(response)) == 1
@@ -253,13 +270,11 @@ def test_next_links_to_another_origin_are_not_followed(service: RunningService, 
     assert "A further page of 'conditions' on another server was not fetched." in notes
 
 
-def test_the_page_cap_stops_paging_and_says_so(
-    service_factory: Callable[..., RunningService], fhir_server_factory: StartFhir
-) -> None:
+def test_the_page_cap_stops_paging_and_says_so(service_trusting: StartService, fhir_server_factory: StartFhir) -> None:
     """A search longer than `fetch_max_pages` pages is read in part, and the decision notes it."""
-    capped = service_factory(fetch_max_pages=2)
     core = radiculopathy(seed=115)
     server = fhir_server_factory(core, page_size=1, token=FHIR_TOKEN)
+    capped = service_trusting(server.base, fetch_max_pages=2)
     body = fetched_from(patient_view_of(core), server.base)
 
     assert capped.post(PATIENT_VIEW, body).status_code == 200
@@ -287,13 +302,14 @@ def test_a_patient_id_that_cannot_fill_a_token_is_refused_before_fetching(
     assert server.peer.requests == []
 
 
-def test_order_hooks_fetch_their_prefetch_too(service: RunningService, fhir_server_factory: StartFhir) -> None:
+def test_order_hooks_fetch_their_prefetch_too(service_trusting: StartService, fhir_server_factory: StartFhir) -> None:
     """req 61"""
     body = order_sign()
     patient_id = body["context"]["patientId"]
     resources = generate("radiculopathy-knee-pain", today=TODAY)
     assert resources[0]["id"] == patient_id
     server = fhir_server_factory(resources, token=FHIR_TOKEN)
+    service = service_trusting(server.base)
     cards = assert_cards_response(service.post("/cds-services/spine-knee-order-sign", fetched_from(body, server.base)))
     assert len(cards) == 1 and cards[0]["summary"].startswith("Knee order drafted")
     assert len(server.peer.requests) == 5

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
 from cds_service.app import audit_key
@@ -365,11 +365,14 @@ def test_verify_and_anchor_and_purge_expired(eager_app: dict[str, str], engine_f
     settings = load_settings()
     engine = engine_for(settings.effective_database_url)
     with engine.begin() as connection:  # the module's database is shared: start from an empty log
-        for table in ("checkpoints", "verifications", "log_chain", "access_log"):
+        for table in ("checkpoints", "anchors", "verifications", "log_chain", "access_log"):
             connection.exec_driver_sql(f"DELETE FROM {table}")
+    # the two oldest entries were written before the retention period
+    old = datetime.now(UTC) - timedelta(days=settings.retention_days + 1)
+    aged = DecisionLog(engine, b"pseudonym-key", audit_key(settings), clock=lambda: old)
     log = DecisionLog(engine, b"pseudonym-key", audit_key(settings))
     for n in range(3):
-        log.record_access("auditor", "search", {"page": n})
+        (aged if n < 2 else log).record_access("auditor", "search", {"page": n})
     anchors = settings.effective_anchor_path
 
     first = tasks.verify_and_anchor.delay().get()
@@ -382,16 +385,34 @@ def test_verify_and_anchor_and_purge_expired(eager_app: dict[str, str], engine_f
         verifications = connection.execute(Verification.__table__.select().order_by(Verification.id)).all()
     assert [(v.ok, v.entries, v.head_seq) for v in verifications] == [(True, 3, 3), (True, 3, 3)]
 
-    # the two oldest entries fall out of the retention period
-    old = datetime.now(UTC) - timedelta(days=settings.retention_days + 1)
-    with engine.begin() as connection:
-        connection.execute(update(LogEntry).where(LogEntry.seq <= 2).values(created_at=old))
     assert tasks.purge_expired.delay().get() == 2
     records = [orjson.loads(line) for line in anchors.read_bytes().splitlines()]
     assert len(records) == 2 and records[1]["kind"] == "checkpoint" and records[1]["seq"] == 2
     assert tasks.purge_expired.delay().get() == 0
     after = tasks.verify_and_anchor.delay().get()
     assert after["ok"] is True and after["entries"] == 1
+
+
+def test_purge_expired_deletes_nothing_from_a_backdated_log(
+    eager_app: dict[str, str], engine_for: Callable[[str], Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Entries whose times were moved back past retention do not verify: the task deletes nothing."""
+    settings = load_settings()
+    engine = engine_for(settings.effective_database_url)
+    with engine.begin() as connection:
+        for table in ("checkpoints", "anchors", "verifications", "log_chain", "access_log"):
+            connection.exec_driver_sql(f"DELETE FROM {table}")
+    log = DecisionLog(engine, b"pseudonym-key", audit_key(settings))
+    for n in range(3):
+        log.record_access("auditor", "search", {"page": n})
+    old = datetime.now(UTC) - timedelta(days=settings.retention_days + 1)
+    with engine.begin() as connection:
+        connection.execute(update(LogEntry).values(created_at=old))
+
+    assert tasks.purge_expired.delay().get() == 0
+    assert "purge refused: entry 1" in caplog.text
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(LogEntry)).scalar_one() == 3
 
 
 def test_cleanup_stale_resumes_a_stalled_job_and_abandons_an_old_one(

@@ -169,10 +169,11 @@ def build_audit_log(running: RunningService) -> AuditLog:
     call("invalid", view, patient_view_of(_patient("radiculopathy-knee-pain")), north, None, 400, "invalid_request", None)
     call("refused", view, patient_view_of(likely, prefetch=False), north, "Practitioner/dr-1", 412, "prefetch_unavailable", None)
 
-    feedback = running.post(view + "/feedback", {"feedback": [accepted(log.calls["likely"].cards[0])]})
+    # feedback comes from the tenant whose call issued the card
+    feedback = running.post(view + "/feedback", {"feedback": [accepted(log.calls["likely"].cards[0])]}, tenant=north)
     assert feedback.status_code == 200, feedback.text
     override = overridden(log.calls["order"].cards[0], code="knee-cause-confirmed", comment="Meniscal tear on exam")
-    feedback = running.post(order_sign + "/feedback", {"feedback": [override]})
+    feedback = running.post(order_sign + "/feedback", {"feedback": [override]}, tenant=south)
     assert feedback.status_code == 200, feedback.text
     log.end = datetime.now(UTC)
 

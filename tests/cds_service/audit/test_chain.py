@@ -7,13 +7,25 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from cds_service.audit.chain import AnchorFile, anchor, payload_hash, purge, row_of, verify
+from cds_service.audit.chain import (
+    GENESIS,
+    AnchorFile,
+    PurgeRefused,
+    anchor,
+    entry_hash,
+    payload_hash,
+    purge,
+    row_of,
+    verify,
+    verify_and_record,
+)
 from cds_service.cli import main
 from cds_service.db import Decision, DecisionLog, Feedback, make_engine, upgrade
 
@@ -66,7 +78,7 @@ def feedback_for(logged: Decision) -> Feedback:
 def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     upgrade(engine)
-    tables = "log_chain, checkpoints, verifications, issued_cards, feedback, access_log, decisions"
+    tables = "log_chain, checkpoints, anchors, verifications, issued_cards, feedback, access_log, decisions"
     with engine.begin() as connection:  # the PostgreSQL database is shared by the session: start empty
         if engine.dialect.name == "postgresql":
             connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
@@ -90,6 +102,18 @@ def log(engine: Engine) -> DecisionLog:
     assert decision_log.add_feedback(feedback_for(logged[1]))
     decision_log.record_access("auditor-1", "page.search", {"band": "likely"})
     return decision_log
+
+
+@pytest.fixture
+def aged_log(engine: Engine) -> DecisionLog:
+    """The entries of `log`, the first four written 3000 days ago."""
+    old = datetime.now(UTC) - timedelta(days=3000)
+    aged = DecisionLog(engine, b"pseudonym-key", KEY, clock=lambda: old)
+    current = DecisionLog(engine, b"pseudonym-key", KEY)
+    logged = [aged.append(decision(n)) for n in range(1, 5)] + [current.append(decision(n)) for n in range(5, 7)]
+    assert current.add_feedback(feedback_for(logged[1]))
+    current.record_access("auditor-1", "page.search", {"band": "likely"})
+    return current
 
 
 def sql(engine: Engine, *statements: str) -> None:
@@ -208,10 +232,9 @@ def test_an_edited_anchor_file_is_caught(log: DecisionLog, engine: Engine, ancho
 
 
 def test_purging_keeps_the_rest_verifiable_and_a_removed_checkpoint_is_caught(
-    log: DecisionLog, engine: Engine, anchors: AnchorFile
+    aged_log: DecisionLog, engine: Engine, anchors: AnchorFile
 ) -> None:
-    old = datetime.now(UTC) - timedelta(days=3000)
-    sql(engine, f"UPDATE log_chain SET created_at = '{old:%Y-%m-%d %H:%M:%S}' WHERE seq <= 4")
+    log = aged_log
     # decision 2 has feedback at entry 7, so the purge stops before it: only entry 1 goes
     assert purge(engine, KEY, anchors, datetime.now(UTC) - timedelta(days=2000)) == 1
     report = verify(engine, KEY, anchors)
@@ -272,3 +295,175 @@ def test_four_processes_appending_at_once_leave_one_gapless_chain(engine: Engine
     with engine.connect() as connection:
         seqs = connection.execute(text("SELECT seq FROM log_chain ORDER BY seq")).scalars().all()
     assert seqs == list(range(1, 4 * 48 + 1))
+
+
+# -- what decides a card or its feedback is in the chain too ------------------------------------
+
+
+def test_re_pointing_an_issued_card_to_another_decision_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    sql(engine, "UPDATE issued_cards SET decision_id = 5 WHERE decision_id = 3")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None
+    assert (problem.what, problem.seq, problem.entry_id) == ("edited", 3, 3)
+    assert "recorded for decision 5" in problem.detail
+
+
+def test_deleting_an_issued_card_row_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    sql(engine, "DELETE FROM issued_cards WHERE decision_id = 2")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and (problem.what, problem.seq) == ("deleted", 2)
+
+
+def test_inserting_an_issued_card_row_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    sql(engine, f"INSERT INTO issued_cards (card_uuid, decision_id) VALUES ('{uuid.uuid4()}', 4)")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and (problem.what, problem.seq) == ("inserted", 4)
+
+
+def test_backdating_the_log_is_caught_and_the_purge_refuses(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    """Moving every entry's time back to 2001 would make the next retention purge delete the whole log."""
+    sql(engine, "UPDATE log_chain SET created_at = '2001-01-01 00:00:00'")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and (problem.what, problem.seq) == ("edited", 1)
+    with pytest.raises(PurgeRefused) as refused:
+        purge(engine, KEY, anchors, datetime.now(UTC) - timedelta(days=2000))
+    assert refused.value.problem.seq == 1
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM log_chain")).scalar_one() == 8
+        assert connection.execute(text("SELECT count(*) FROM checkpoints")).scalar_one() == 0
+
+
+def test_the_cli_purge_refuses_a_backdated_log(log: DecisionLog, engine: Engine, tmp_path: Path, database_url: str) -> None:
+    sql(engine, "UPDATE log_chain SET created_at = '2001-01-01 00:00:00'")
+    env = {
+        "SPINE_CDS_DATABASE_URL": database_url,
+        "SPINE_CDS_AUDIT_KEY": KEY.decode(),
+        "SPINE_CDS_INSTANCE_PATH": str(tmp_path / "instance"),
+        "SPINE_CDS_ANCHOR_PATH": str(tmp_path / "anchors.ndjson"),
+    }
+    result = CliRunner().invoke(main, ["audit", "purge"], env=env)
+    assert result.exit_code == 1
+    assert "purge refused" in result.output and "entry 1" in result.output
+
+
+def _rewrite_as_format_1(engine: Engine) -> None:
+    """What the service wrote before entries bound their time: v1 hashes over the v1 columns."""
+    with engine.begin() as connection:
+        prev = GENESIS
+        for entry in connection.execute(text("SELECT seq, kind, entry_id FROM log_chain ORDER BY seq")).all():
+            row = row_of(connection, entry.kind, entry.entry_id)
+            assert row is not None
+            added = {"decision": {"reuse_of"}, "feedback": {"tenant"}}.get(entry.kind, set())
+            row = {k: v for k, v in row.items() if k not in added}
+            payload = payload_hash(row)
+            hashed = entry_hash(KEY, entry.kind, entry.entry_id, payload, prev)
+            connection.execute(
+                text("UPDATE log_chain SET format = 1, payload_hash = :p, prev_hash = :prev, entry_hash = :h WHERE seq = :s"),
+                {"p": payload, "prev": prev, "h": hashed, "s": entry.seq},
+            )
+            prev = hashed
+
+
+def test_entries_of_format_1_still_verify_and_their_times_are_checked(
+    log: DecisionLog, engine: Engine, anchors: AnchorFile
+) -> None:
+    """A log written before revision 0005 verifies after the upgrade; its entries' times, outside their
+    hash, must agree with their rows' times, and the columns added since must stay empty."""
+    _rewrite_as_format_1(engine)
+    assert verify(engine, KEY, anchors).ok
+    log.append(decision(7))  # later entries are of format 2, linked after the old ones
+    assert verify(engine, KEY, anchors).ok
+
+    sql(engine, "UPDATE log_chain SET created_at = '2001-01-01 00:00:00' WHERE seq <= 3")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and (problem.what, problem.seq) == ("edited", 1)
+    assert "disagrees with its row's time" in problem.detail
+    with pytest.raises(PurgeRefused):
+        purge(engine, KEY, anchors, datetime.now(UTC) - timedelta(days=2000))
+
+    sql(
+        engine,
+        "UPDATE log_chain SET created_at = (SELECT created_at FROM decisions WHERE decisions.id = log_chain.entry_id)"
+        " WHERE seq <= 3",
+    )
+    assert verify(engine, KEY, anchors).ok
+    sql(engine, "UPDATE decisions SET reuse_of = 1 WHERE id = 4")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and (problem.what, problem.seq) == ("edited", 4)
+
+
+def test_a_deleted_anchor_file_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    anchor(engine, KEY, anchors)
+    assert verify(engine, KEY, anchors).ok
+    anchors.path.unlink()
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and problem.what == "deleted"
+    assert "anchor file" in problem.detail and "is missing" in problem.detail
+
+
+def test_a_line_removed_from_the_anchor_file_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    anchor(engine, KEY, anchors)
+    log.append(decision(7))
+    anchor(engine, KEY, anchors)
+    _, second_line = anchors.path.read_text().splitlines()
+    anchors.path.write_text(second_line + "\n")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and (problem.what, problem.seq) == ("deleted", 8)
+    assert "missing from the anchor file" in problem.detail
+
+
+def _unreadable_row(engine: Engine) -> str:
+    """Make decision 3 a row the database holds but cannot hand back; returns the statement used."""
+    if engine.dialect.name == "sqlite":
+        statement = "UPDATE decisions SET cards = '{not json' WHERE id = 3"
+    else:  # a time PostgreSQL stores but Python cannot represent
+        statement = "UPDATE decisions SET created_at = '20000-01-01 00:00:00+00' WHERE id = 3"
+    sql(engine, statement)
+    return statement
+
+
+def test_an_unreadable_row_fails_verification_and_the_badge_shows_it(
+    log: DecisionLog, engine: Engine, tmp_path: Path, database_url: str
+) -> None:
+    env = {
+        "SPINE_CDS_DATABASE_URL": database_url,
+        "SPINE_CDS_AUDIT_KEY": KEY.decode(),
+        "SPINE_CDS_INSTANCE_PATH": str(tmp_path / "instance"),
+        "SPINE_CDS_ANCHOR_PATH": str(tmp_path / "anchors.ndjson"),
+    }
+    runner = CliRunner()
+    assert runner.invoke(main, ["audit", "verify"], env=env).exit_code == 0
+    _unreadable_row(engine)
+    broken = runner.invoke(main, ["audit", "verify"], env=env)
+    assert broken.exit_code == 1
+    assert "entry 3 (decision 3): edited: the decision row cannot be read" in broken.output
+    with engine.connect() as connection:
+        badges = connection.execute(text("SELECT ok FROM verifications ORDER BY id")).scalars().all()
+    assert [bool(b) for b in badges] == [True, False]
+
+
+def test_an_unreadable_chain_entry_fails_verification(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    if engine.dialect.name == "sqlite":
+        sql(engine, "UPDATE log_chain SET created_at = 'yesterday' WHERE seq = 5")
+    else:
+        sql(engine, "UPDATE log_chain SET created_at = '20000-01-01 00:00:00+00' WHERE seq = 5")
+    report = verify_and_record(engine, KEY, anchors)
+    assert report.problem is not None and report.problem.what == "unreadable"
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT ok FROM verifications")).scalars().all() == [False]
+
+
+def test_a_verification_that_cannot_finish_is_recorded_as_failed(
+    log: DecisionLog, engine: Engine, anchors: AnchorFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever stops a verification (here the anchor file cannot be read), the badge turns red."""
+    anchor(engine, KEY, anchors)
+
+    def unreadable(self: AnchorFile, key: bytes) -> list[Any]:
+        raise PermissionError(13, "Permission denied", str(self.path))
+
+    monkeypatch.setattr(AnchorFile, "read", unreadable)
+    report = verify_and_record(engine, KEY, anchors)
+    assert report.problem is not None and "could not finish (PermissionError" in report.problem.detail
+    with engine.connect() as connection:
+        assert [bool(ok) for ok in connection.execute(text("SELECT ok FROM verifications")).scalars()] == [False]
