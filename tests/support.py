@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import threading
 import time
 import uuid
@@ -31,6 +33,26 @@ class RecordedRequest:
     path: str
     query: dict[str, list[str]]
     headers: dict[str, str]
+
+
+class Resolver:
+    """A `socket.getaddrinfo` stand-in: names from `table`, address literals as themselves, others unknown;
+    the names asked for are kept in `calls`. Only loopback addresses are ever connected to in tests."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.calls: list[str] = []
+
+    def __call__(self, host: str, port: int, *_: Any) -> list[tuple[Any, ...]]:
+        self.calls.append(host)
+        try:
+            addresses = [str(ipaddress.ip_address(host))]
+        except ValueError:
+            if host not in self.table:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
+            addresses = self.table[host]
+        family = {4: socket.AF_INET, 6: socket.AF_INET6}
+        return [(family[ipaddress.ip_address(a).version], socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
 
 
 @contextmanager

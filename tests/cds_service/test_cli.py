@@ -31,32 +31,6 @@ def test_demo_once_calls_every_profile_prints_cards_and_sends_feedback(tmp_path:
     assert (tmp_path / "instance" / "spine-cds.sqlite3").exists()
 
 
-def test_serve_runs_gunicorn_with_migrations_and_a_shared_pseudonym_key(tmp_path: Path) -> None:
-    # the test owns the listening socket and hands it to gunicorn, so requests queue until it serves
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    instance = tmp_path / "instance"
-    env = {**os.environ, "SPINE_CDS_INSTANCE_PATH": str(instance)}
-    env.pop("SPINE_CDS_PSEUDONYM_KEY", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cds_service.cli", "serve", "--bind", f"fd://{listener.fileno()}", "--workers", "2"],
-        env=env,
-        pass_fds=(listener.fileno(),),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    listener.close()
-    try:
-        ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=60)
-        assert ready.status_code == 200
-        assert ready.json()["checks"] == {"database": "ok"}
-        assert (instance / "pseudonym.key").read_text().strip()
-        assert httpx.get(f"http://127.0.0.1:{port}/cds-services", timeout=10).status_code == 401
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 @contextmanager
 def serving(env: dict[str, str], *options: str) -> Iterator[str]:
     """`spine-cds serve` on a listening socket the test owns (requests queue until gunicorn serves); yields its URL."""
@@ -75,6 +49,18 @@ def serving(env: dict[str, str], *options: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_serve_runs_gunicorn_with_migrations_and_a_shared_pseudonym_key(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    env = {**os.environ, "SPINE_CDS_INSTANCE_PATH": str(instance)}
+    env.pop("SPINE_CDS_PSEUDONYM_KEY", None)
+    with serving(env, "--workers", "2") as base:
+        ready = httpx.get(f"{base}/readyz", timeout=60)
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"database": "ok"}
+        assert (instance / "pseudonym.key").read_text().strip()
+        assert httpx.get(f"{base}/cds-services", timeout=10).status_code == 401
 
 
 def test_a_jwt_replayed_to_another_serve_process_on_the_same_instance_is_refused(tmp_path: Path) -> None:

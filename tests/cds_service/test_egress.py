@@ -27,25 +27,7 @@ from cds_service.egress import (
     service_endpoints,
 )
 from cds_service.fetch import FhirServerNotAllowed, PrefetchFetcher
-from tests.support import http_server
-
-
-def resolver_of(table: dict[str, list[str]]) -> Any:
-    """A getaddrinfo stand-in: names from `table`, address literals as themselves, anything else unknown."""
-    calls: list[str] = []
-
-    def resolve(host: str, port: int, family: int = 0, kind: int = 0, *_: Any) -> list[tuple[Any, ...]]:
-        calls.append(host)
-        try:
-            addresses = [str(ipaddress.ip_address(host))]
-        except ValueError:
-            if host not in table:
-                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
-            addresses = table[host]
-        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
-
-    resolve.calls = calls  # type: ignore[attr-defined]
-    return resolve
+from tests.support import Resolver, http_server
 
 
 class FakeStream(httpcore.NetworkStream):
@@ -253,7 +235,7 @@ def test_service_endpoints_are_read_from_redis_and_database_urls() -> None:
 
 
 def test_the_services_own_redis_and_database_are_refused_by_address_and_by_name() -> None:
-    resolver = resolver_of({"cache.internal": ["10.0.0.5"], "db.internal": ["10.0.0.6"]})
+    resolver = Resolver({"cache.internal": ["10.0.0.5"], "db.internal": ["10.0.0.6"]})
     policy = EgressPolicy(
         {}, own_endpoints=service_endpoints("redis://cache.internal:6379/0", "postgresql://u@db.internal/x"), resolver=resolver
     )
@@ -272,7 +254,7 @@ def test_the_services_own_redis_and_database_are_refused_by_address_and_by_name(
 
 
 def test_every_resolved_address_is_checked() -> None:
-    resolver = resolver_of({"mixed.test": ["10.0.0.7", "127.0.0.1"], "fine.test": ["10.0.0.7", "10.0.0.8", "10.0.0.7"]})
+    resolver = Resolver({"mixed.test": ["10.0.0.7", "127.0.0.1"], "fine.test": ["10.0.0.7", "10.0.0.8", "10.0.0.7"]})
     policy = EgressPolicy({}, resolver=resolver)
     with pytest.raises(EgressRefused, match="resolves to a loopback address"):
         policy.checked_addresses("mixed.test", 443)
@@ -287,7 +269,7 @@ def test_every_resolved_address_is_checked() -> None:
 def test_the_backend_connects_to_the_checked_address_not_the_name() -> None:
     """No DNS rebinding: the wrapped backend gets the address literal that was checked, and never the name."""
     inner = RecordingBackend()
-    resolver = resolver_of({"fhir.hospital.test": ["10.0.0.7"]})
+    resolver = Resolver({"fhir.hospital.test": ["10.0.0.7"]})
     backend = GuardedBackend(EgressPolicy({}, resolver=resolver), inner)
     stream = backend.connect_tcp("fhir.hospital.test", 443, timeout=1)
     assert isinstance(stream, FakeStream) and (stream.host, stream.port) == ("10.0.0.7", 443)
@@ -303,7 +285,7 @@ def test_the_backend_refuses_before_connecting(host: str) -> None:
     inner = RecordingBackend()
     table = {"rebound.test": ["127.0.0.1"], "metadata.google.internal": ["169.254.169.254"], "localhost": ["127.0.0.1", "::1"]}
     table["2130706433"] = ["127.0.0.1"]  # what getaddrinfo makes of the decimal form
-    backend = GuardedBackend(EgressPolicy({}, resolver=resolver_of(table)), inner)
+    backend = GuardedBackend(EgressPolicy({}, resolver=Resolver(table)), inner)
     with pytest.raises(EgressRefused):
         backend.connect_tcp(host, 80, timeout=1)
     assert inner.calls == []
@@ -334,11 +316,11 @@ def test_each_connection_is_checked_again() -> None:
 
 def test_the_next_checked_address_is_tried_when_one_does_not_answer() -> None:
     inner = RecordingBackend(fail=("10.0.0.7",))
-    backend = GuardedBackend(EgressPolicy({}, resolver=resolver_of({"two.test": ["10.0.0.7", "10.0.0.8"]})), inner)
+    backend = GuardedBackend(EgressPolicy({}, resolver=Resolver({"two.test": ["10.0.0.7", "10.0.0.8"]})), inner)
     assert backend.connect_tcp("two.test", 443).port == 443
     assert inner.calls == [("10.0.0.7", 443), ("10.0.0.8", 443)]
     with pytest.raises(httpcore.ConnectError):
-        GuardedBackend(EgressPolicy({}, resolver=resolver_of({"one.test": ["10.0.0.7"]})), inner).connect_tcp("one.test", 1)
+        GuardedBackend(EgressPolicy({}, resolver=Resolver({"one.test": ["10.0.0.7"]})), inner).connect_tcp("one.test", 1)
 
 
 def test_unix_sockets_are_refused() -> None:
@@ -382,7 +364,7 @@ class LoopbackAllowed(EgressPolicy):
 def test_a_checked_connection_reaches_the_resolved_address_with_the_original_host_header() -> None:
     with listener() as (url, seen):
         port = httpx.URL(url).port
-        policy = LoopbackAllowed({}, allow_http=True, resolver=resolver_of({"fhir.hospital.test": ["127.0.0.1"]}))
+        policy = LoopbackAllowed({}, allow_http=True, resolver=Resolver({"fhir.hospital.test": ["127.0.0.1"]}))
         with egress_client(policy, timeout=5, check_addresses=True) as client:
             assert client.get(f"http://fhir.hospital.test:{port}/fhir/Patient/1").status_code == 200
     assert seen == [f"fhir.hospital.test:{port} /fhir/Patient/1"]

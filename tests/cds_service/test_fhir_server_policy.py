@@ -29,7 +29,7 @@ from cds_service.fetch import PrefetchFetcher
 from hooks.synthetic import generate, prefetch_for
 from tests.cds_service.requests import FHIR_TOKEN, TODAY, fetched_from, patient_view_of
 from tests.conftest import redis_client_or_skip
-from tests.support import FhirServer, LogReader, RunningService, SigningEhr, assert_cards_response, error_of
+from tests.support import FhirServer, LogReader, Resolver, RunningService, SigningEhr, assert_cards_response, error_of
 
 PATIENT_VIEW = "/cds-services/spine-knee-patient-view"
 StartService = Callable[..., RunningService]
@@ -121,22 +121,6 @@ class LoopbackOnly(httpcore.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:
         self.inner.sleep(seconds)
-
-
-def resolving(table: dict[str, list[str]]) -> Callable[..., list[tuple[Any, ...]]]:
-    """A getaddrinfo stand-in: names from `table` (a list per call for a name that changes), literals as themselves."""
-
-    def resolve(host: str, port: int, *_: Any) -> list[tuple[Any, ...]]:
-        try:
-            addresses = [str(ipaddress.ip_address(host))]
-        except ValueError:
-            if host not in table:
-                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
-            addresses = table[host]
-        family = {4: socket.AF_INET, 6: socket.AF_INET6}
-        return [(family[ipaddress.ip_address(a).version], socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
-
-    return resolve
 
 
 def guard_with(running: RunningService, resolver: Callable[..., Any] = socket.getaddrinfo) -> LoopbackOnly:
@@ -250,7 +234,7 @@ def test_a_name_that_resolves_to_loopback_is_refused(
     running = service_factory(database_url=database_url)
     backend = guard_with(
         running,
-        resolving(
+        Resolver(
             {
                 "fhir.rebound.test": ["127.0.0.1"],
                 "fhir.mixed.test": ["10.20.30.40", "127.0.0.1"],
@@ -279,7 +263,7 @@ def test_a_name_that_changes_its_answer_is_checked_on_every_connection(
 
     def flipping(host: str, port: int, *rest: Any) -> list[tuple[Any, ...]]:
         table = {"fhir.flip.test": answers.pop() if answers else ["127.0.0.1"]}
-        return resolving(table)(host, port, *rest)
+        return Resolver(table)(host, port, *rest)
 
     running = service_factory()
     backend = guard_with(running, flipping)

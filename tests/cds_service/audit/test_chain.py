@@ -116,6 +116,16 @@ def aged_log(engine: Engine) -> DecisionLog:
     return current
 
 
+def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """The settings `spine-cds audit ...` needs to read this log."""
+    return {
+        "SPINE_CDS_DATABASE_URL": database_url,
+        "SPINE_CDS_AUDIT_KEY": KEY.decode(),
+        "SPINE_CDS_INSTANCE_PATH": str(tmp_path / "instance"),
+        "SPINE_CDS_ANCHOR_PATH": str(tmp_path / "anchors.ndjson"),
+    }
+
+
 def sql(engine: Engine, *statements: str) -> None:
     with engine.begin() as connection:
         for statement in statements:
@@ -250,12 +260,7 @@ def test_purging_keeps_the_rest_verifiable_and_a_removed_checkpoint_is_caught(
 def test_cli_verify_exits_0_when_intact_and_1_naming_the_entry(
     log: DecisionLog, engine: Engine, tmp_path: Path, database_url: str
 ) -> None:
-    env = {
-        "SPINE_CDS_DATABASE_URL": database_url,
-        "SPINE_CDS_AUDIT_KEY": KEY.decode(),
-        "SPINE_CDS_INSTANCE_PATH": str(tmp_path / "instance"),
-        "SPINE_CDS_ANCHOR_PATH": str(tmp_path / "anchors.ndjson"),
-    }
+    env = cli_env(database_url, tmp_path)
     runner = CliRunner()
     anchored = runner.invoke(main, ["audit", "anchor"], env=env)
     assert anchored.exit_code == 0 and "anchored entry 8" in anchored.output
@@ -335,12 +340,7 @@ def test_backdating_the_log_is_caught_and_the_purge_refuses(log: DecisionLog, en
 
 def test_the_cli_purge_refuses_a_backdated_log(log: DecisionLog, engine: Engine, tmp_path: Path, database_url: str) -> None:
     sql(engine, "UPDATE log_chain SET created_at = '2001-01-01 00:00:00'")
-    env = {
-        "SPINE_CDS_DATABASE_URL": database_url,
-        "SPINE_CDS_AUDIT_KEY": KEY.decode(),
-        "SPINE_CDS_INSTANCE_PATH": str(tmp_path / "instance"),
-        "SPINE_CDS_ANCHOR_PATH": str(tmp_path / "anchors.ndjson"),
-    }
+    env = cli_env(database_url, tmp_path)
     result = CliRunner().invoke(main, ["audit", "purge"], env=env)
     assert result.exit_code == 1
     assert "purge refused" in result.output and "entry 1" in result.output
@@ -425,12 +425,7 @@ def _unreadable_row(engine: Engine) -> str:
 def test_an_unreadable_row_fails_verification_and_the_badge_shows_it(
     log: DecisionLog, engine: Engine, tmp_path: Path, database_url: str
 ) -> None:
-    env = {
-        "SPINE_CDS_DATABASE_URL": database_url,
-        "SPINE_CDS_AUDIT_KEY": KEY.decode(),
-        "SPINE_CDS_INSTANCE_PATH": str(tmp_path / "instance"),
-        "SPINE_CDS_ANCHOR_PATH": str(tmp_path / "anchors.ndjson"),
-    }
+    env = cli_env(database_url, tmp_path)
     runner = CliRunner()
     assert runner.invoke(main, ["audit", "verify"], env=env).exit_code == 0
     _unreadable_row(engine)
