@@ -92,15 +92,22 @@ class Assessment:
     notes: tuple[str, ...]
     suppressions: tuple[Suppression, ...]
     knee_laterality: str | None
+    # red-flag diagnoses in the record (active or recent): never a routine card while any is there
+    red_flags: tuple[Evidence, ...] = ()
 
     @property
     def suppressed(self) -> bool:
         return bool(self.suppressions)
 
     @property
+    def red_flagged(self) -> bool:
+        """Whether an eligible patient's record holds a red flag: a warning to assess urgently, no routine card."""
+        return self.eligible and bool(self.red_flags)
+
+    @property
     def actionable(self) -> bool:
-        """Whether a card is warranted: eligible, not already handled, and at least `possible`."""
-        return self.eligible and not self.suppressed and self.band in ("possible", "likely")
+        """Whether a routine card is warranted: eligible, no red flag, not already handled, and at least `possible`."""
+        return self.eligible and not self.red_flags and not self.suppressed and self.band in ("possible", "likely")
 
     @property
     def contributions(self) -> tuple[Contribution, ...]:
@@ -128,6 +135,11 @@ class Assessment:
             "notes": list(self.notes),
             "suppressions": [{"reason": s.reason, "reference": s.reference} for s in self.suppressions],
         }
+        if self.red_flags:
+            out["red_flags"] = [
+                {"reference": e.reference, "code": f"{e.coding.system}|{e.coding.code}", "value_set": e.value_set}
+                for e in self.red_flags
+            ]
         if self.band:
             out["band"] = self.band
         if self.ineligible_reason:
@@ -153,6 +165,9 @@ class Assessor:
         self._suppress_days = int(suppression["completed_within_days"])
         performer = model.referral.performer_type
         self._spine_performer = (model.index.family(performer.system), performer.code) if performer else None
+        red_flags = model.document["red_flags"]
+        self._red_flag_sets = tuple(red_flags["value_sets"])
+        self._red_flag_days = int(red_flags["recent_within_days"])
 
     # -- evidence rules ------------------------------------------------------------------------
 
@@ -172,7 +187,19 @@ class Assessor:
         found = [e for vs in value_sets for e in record.of(vs) if self.counts(e, signal, today)]
         return sorted(found, key=lambda e: (e.date or date.min, e.reference), reverse=True)
 
-    # -- eligibility and suppression -----------------------------------------------------------
+    # -- eligibility, red flags and suppression ------------------------------------------------
+
+    def _red_flags(self, record: PatientRecord, today: date) -> list[Evidence]:
+        """Red-flag diagnoses that are active, or were recorded recently whatever their status."""
+        recent = today - timedelta(days=self._red_flag_days)
+        found = [
+            e
+            for vs in self._red_flag_sets
+            for e in record.of(vs)
+            # refuted and entered-in-error diagnoses never reach the record
+            if e.positive and (e.status in self._active or (e.date is not None and e.date >= recent))
+        ]
+        return sorted(dict.fromkeys(found), key=lambda e: (e.date or date.min, e.reference), reverse=True)
 
     def _knee_complaint(self, record: PatientRecord, today: date) -> tuple[bool, str | None]:
         if self._counted(record, ["knee_pain"], None, today):
@@ -309,6 +336,7 @@ class Assessor:
             notes=tuple(notes),
             suppressions=tuple(self._suppressions(record, today)),
             knee_laterality=laterality,
+            red_flags=tuple(self._red_flags(record, today)),
         )
 
 

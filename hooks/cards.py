@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hooks.assessment import Assessment, Contribution
-from hooks.fhir import Intervention
+from hooks.fhir import Evidence, Intervention
 from hooks.model import Model
 
 OVERRIDE_SYSTEM = "urn:spine-cds:override-reason"
@@ -112,9 +112,54 @@ def detail_markdown(model: Model, assessment: Assessment, orders: Sequence[Inter
         if len(assessment.notes) > 10:
             lines.append(f"- and {len(assessment.notes) - 10} more notes")
             lines.append("")
+    lines += [_NO_RED_FLAG_SCREENING, ""]
     identity = assessment.model
     lines.append(f"Model `{identity['id']}` {identity['version']} (`{identity['hash'][:19]}`).")
     return "\n".join(lines)
+
+
+_NO_RED_FLAG_SCREENING = (
+    "This assessment does not screen for red flags (cauda equina, infection, fracture, malignancy, "
+    "new weakness): assess those as usual."
+)
+
+
+def _red_flag_name(evidence: Evidence) -> str:
+    return evidence.coding.display or f"{evidence.coding.code}"
+
+
+def red_flag_card(assessment: Assessment, options: CardOptions, *, hook: str, instance: str | None) -> dict[str, Any]:
+    """The one card for a record that holds a red flag: it names the diagnosis and asks for urgent
+    assessment; no spine-origin assessment and no referral suggestion while the red flag stands."""
+    first = _red_flag_name(assessment.red_flags[0])
+    summary = f"Red flag in the record: {first}. Needs urgent assessment"
+    if len(summary) >= 140:
+        summary = "Red flag in the record: needs urgent assessment"
+    rows = [
+        f"- {_md(_red_flag_name(e))} (`{e.coding.code}`, {e.status or 'status not recorded'}"
+        f"{', ' + e.date.isoformat() if e.date else ''}; `{e.reference}`)"
+        for e in assessment.red_flags
+    ]
+    detail = "\n".join(
+        [
+            "**Red flag recorded**",
+            "",
+            *rows,
+            "",
+            "This needs urgent assessment. This service does not triage red flags, and it makes no "
+            "spine-origin suggestion while one is recorded.",
+        ]
+    )
+    card = {
+        "uuid": _uuid(instance, hook, "red-flag"),
+        "summary": summary,
+        "detail": detail,
+        "indicator": "warning",
+        "source": {"label": options.source_label, "url": options.docs_url, "topic": TOPIC},
+        "links": [{"label": "How this assessment works", "url": options.docs_url, "type": "absolute"}],
+    }
+    pruned: dict[str, Any] = prune(card)
+    return pruned
 
 
 def referral_resource(model: Model, assessment: Assessment, *, patient_reference: str, user_id: str | None) -> dict[str, Any]:
@@ -155,11 +200,14 @@ def build_cards(
     instance: str | None = None,
     knee_orders: Sequence[Intervention] = (),
 ) -> list[dict[str, Any]]:
-    """Zero or one card: none unless the assessment is actionable (and, for order hooks, a knee order is drafted)."""
-    if not assessment.actionable or assessment.band is None:
-        return []
+    """Zero or one card: a red-flag warning when the record holds one, else none unless the assessment is
+    actionable; for order hooks only when a knee order is drafted."""
     is_order_hook = hook in ("order-select", "order-sign")
     if is_order_hook and not knee_orders:
+        return []
+    if assessment.red_flagged:
+        return [red_flag_card(assessment, options, hook=hook, instance=instance)]
+    if not assessment.actionable or assessment.band is None:
         return []
     patient_reference = f"Patient/{patient_id}" if patient_id else assessment.patient_reference or "Patient/unknown"
     if is_order_hook:

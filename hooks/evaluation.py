@@ -21,6 +21,8 @@ def outcome(assessment: Assessment) -> str:
     """What a clinician would see: a band, or why no card could appear."""
     if not assessment.eligible:
         return "ineligible"
+    if assessment.red_flagged:
+        return "red-flag"
     if assessment.suppressed:
         return "suppressed"
     return assessment.band or "unlikely"

@@ -264,6 +264,17 @@ def already_referred(f: Factory) -> list[Resource]:
     ]
 
 
+def cauda_equina(f: Factory) -> list[Resource]:
+    return [*radiculopathy_knee_pain(f), f.condition(ICD10, "G83.4", "Cauda equina syndrome", onset_days_ago=2)]
+
+
+def septic_knee(f: Factory) -> list[Resource]:
+    return [
+        *radiculopathy_knee_pain(f),
+        f.condition(ICD10, "M00.061", "Staphylococcal arthritis, right knee", onset_days_ago=1),
+    ]
+
+
 def recent_lumbar_mri(f: Factory) -> list[Resource]:
     return [*radiculopathy_knee_pain(f), f.procedure(LOINC, "24968-0", "MR Lumbar spine", days_ago=45)]
 
@@ -299,7 +310,7 @@ def noisy_record(f: Factory, noise: int = 400) -> list[Resource]:
 class Profile:
     name: str
     description: str
-    expected: str  # a band, "ineligible" or "suppressed"
+    expected: str  # a band, "ineligible", "suppressed" or "red-flag"
     build: Callable[[Factory], list[Resource]]
 
 
@@ -317,6 +328,8 @@ PROFILES: tuple[Profile, ...] = (
     Profile("hip-oa-knee-pain", "knee pain with hip osteoarthritis", "unlikely", hip_oa_knee_pain),
     Profile("child", "12 years old with knee and back complaints", "ineligible", child),
     Profile("already-referred", "radiculopathy profile with an active neurosurgery referral", "suppressed", already_referred),
+    Profile("cauda-equina", "radiculopathy profile with cauda equina syndrome two days ago", "red-flag", cauda_equina),
+    Profile("septic-knee", "radiculopathy profile with a septic right knee", "red-flag", septic_knee),
     Profile("recent-lumbar-mri", "radiculopathy profile with a lumbar MRI 45 days ago", "suppressed", recent_lumbar_mri),
     Profile(
         "resolved-knee-complaint", "knee pain resolved two years ago, back findings active", "ineligible", resolved_knee_complaint
@@ -383,8 +396,13 @@ class BulkExport:
 
     @property
     def worklist(self) -> frozenset[str]:
-        """The patients a population run should put on the worklist: eligible, unsuppressed, possible or likely."""
-        return frozenset(p for p, outcome in self.expected.items() if outcome in ("possible", "likely"))
+        """The patients a population run should put on the worklist: eligible, unsuppressed, possible or likely,
+        and eligible patients with a red flag (in a section of their own)."""
+        return frozenset(p for p, outcome in self.expected.items() if outcome in ("possible", "likely", "red-flag"))
+
+    @property
+    def red_flagged(self) -> frozenset[str]:
+        return frozenset(p for p, outcome in self.expected.items() if outcome == "red-flag")
 
 
 def write_bulk_export(

@@ -271,7 +271,8 @@ def assess_partition(model: Model, part: Path, today: date, chunk: int, job_id: 
                 "band": assessment.band,
                 "score": assessment.score,
                 "suppressed": assessment.suppressed,
-                "worklist": assessment.actionable,
+                # a red-flag patient is listed (first, flagged), never as a routine row
+                "worklist": assessment.actionable or assessment.red_flagged,
                 "assessment": assessment.to_dict(),
                 "error": None,
             }
@@ -407,11 +408,21 @@ class Worklist:
     patients: int
 
 
-WORKLIST_COLUMNS = ("patient_id", "band", "score", "findings", "alternatives", "missing_inputs", "model_version")
+WORKLIST_COLUMNS = (
+    "patient_id",
+    "red_flags",
+    "band",
+    "score",
+    "findings",
+    "alternatives",
+    "missing_inputs",
+    "model_version",
+)
 
 
 def write_worklist(engine: Engine, job_id: str, out: Path) -> Worklist:
-    """Eligible possible/likely patients without a spine referral, most likely first."""
+    """Eligible possible/likely patients without a spine referral, most likely first; before them, in a
+    section of their own, eligible patients whose record holds a red flag (`red_flags` names its codes)."""
     out.mkdir(parents=True, exist_ok=True)
     query = (
         select(
@@ -436,25 +447,35 @@ def write_worklist(engine: Engine, job_id: str, out: Path) -> Worklist:
     ):
         writer = csv.writer(csv_file)
         writer.writerow(WORKLIST_COLUMNS)
-        for row in connection.execute(query):
-            assessment = row.assessment or {}
-            entry = {
-                "patient_id": row.patient_id,
-                "band": row.band,
-                "score": row.score,
-                "findings": [f["label"] for f in assessment.get("findings", [])],
-                "alternatives": [a["label"] for a in assessment.get("alternatives", [])],
-                "missing_inputs": assessment.get("missing_inputs", []),
-                "model_version": (assessment.get("model") or {}).get("version"),
-            }
-            nd.write(orjson.dumps(entry) + b"\n")
-            writer.writerow([_cell(entry[c]) for c in WORKLIST_COLUMNS])
-            count += 1
+        # two passes over the listed rows: the red-flag section first, then the routine rows
+        for red_flag_section in (True, False):
+            for row in connection.execute(query):
+                assessment = row.assessment or {}
+                red_flags = [str(r.get("code", "")).rpartition("|")[2] for r in assessment.get("red_flags", [])]
+                if bool(red_flags) != red_flag_section:
+                    continue
+                entry = _worklist_entry(row, assessment, red_flags)
+                nd.write(orjson.dumps(entry) + b"\n")
+                writer.writerow([_cell(entry[c]) for c in WORKLIST_COLUMNS])
+                count += 1
     csv_tmp.replace(csv_path)
     ndjson_tmp.replace(ndjson_path)
     with engine.begin() as connection:
         set_status(connection, job_id, "done", worklisted=count)
     return Worklist(csv_path, ndjson_path, count)
+
+
+def _worklist_entry(row: Any, assessment: dict[str, Any], red_flags: list[str]) -> dict[str, Any]:
+    return {
+        "patient_id": row.patient_id,
+        "red_flags": red_flags,
+        "band": row.band,
+        "score": row.score,
+        "findings": [f["label"] for f in assessment.get("findings", [])],
+        "alternatives": [a["label"] for a in assessment.get("alternatives", [])],
+        "missing_inputs": assessment.get("missing_inputs", []),
+        "model_version": (assessment.get("model") or {}).get("version"),
+    }
 
 
 def _cell(value: Any) -> str:

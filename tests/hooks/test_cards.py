@@ -65,9 +65,10 @@ def likely_card(model: Model, today: date, patient_view_request: PatientView) ->
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
 def test_indicator_follows_band_reqs_87_88(model: Model, today: date, patient_view_request: PatientView, profile: Any) -> None:
-    """req 87, 88, 89: indicator is a string among info/warning/critical; possible->info, likely->warning, else no card."""
+    """req 87, 88, 89: indicator is a string among info/warning/critical; possible->info, likely->warning, a red
+    flag->warning (its own card), else no card."""
     evaluation = patient_view_request(profile.name).run(model, today)
-    expected = {"possible": ["info"], "likely": ["warning"]}.get(profile.expected, [])
+    expected = {"possible": ["info"], "likely": ["warning"], "red-flag": ["warning"]}.get(profile.expected, [])
     assert [c["indicator"] for c in evaluation.cards] == expected
 
 

@@ -29,7 +29,7 @@ SPINAL_SIGNALS = frozenset(
         "mid_lumbar_root_symptom",
     }
 )
-OUTCOMES = {"ineligible", "suppressed", "unlikely", "possible", "likely"}
+OUTCOMES = {"ineligible", "suppressed", "red-flag", "unlikely", "possible", "likely"}
 
 
 @pytest.fixture(scope="module")

@@ -122,7 +122,16 @@ def test_eager_score_scores_every_patient_once_and_writes_the_worklist(
         if patient == broken:
             continue
         row = rows[patient]
-        outcome = "ineligible" if not row["eligible"] else "suppressed" if row["suppressed"] else row["band"]
+        red_flagged = row["eligible"] and bool(row["assessment"].get("red_flags"))
+        outcome = (
+            "ineligible"
+            if not row["eligible"]
+            else "red-flag"
+            if red_flagged
+            else "suppressed"
+            if row["suppressed"]
+            else row["band"]
+        )
         assert outcome == expected, (mixed_export.profiles[patient], row["assessment"])
 
     # the worklist: exactly the possible/likely, eligible, unsuppressed patients, most likely first
@@ -131,8 +140,14 @@ def test_eager_score_scores_every_patient_once_and_writes_the_worklist(
     assert from_csv == from_ndjson
     assert set(from_csv) == mixed_export.worklist - {broken}
     assert len(from_csv) == current["worklisted"] == len(mixed_export.worklist) - 1
-    scores = [rows[p]["score"] for p in from_csv]
+    # red-flag patients first, in a section of their own, then the routine rows, most likely first
+    flagged = mixed_export.red_flagged - {broken}
+    assert flagged and set(from_csv[: len(flagged)]) == flagged
+    scores = [rows[p]["score"] for p in from_csv[len(flagged) :]]
     assert scores == sorted(scores, reverse=True)
+    with (folder / "worklist.csv").open(newline="", encoding="utf-8") as handle:
+        listed = {row["patient_id"]: row["red_flags"] for row in csv.DictReader(handle)}
+    assert all(listed[p] for p in flagged) and not any(listed[p] for p in set(from_csv) - flagged)
     assert not list(folder.glob("*.tmp*"))
 
     # the bad lines were reported and left out; the broken line that named a patient became a note

@@ -1,0 +1,108 @@
+"""Red flags: a record that holds one never gets a routine spine-origin card or a referral suggestion.
+
+The families are those of the clinical-evidence notes ("Red flags"), in ICD-10-CM (the model file's
+`red_flag_spine` and `knee_emergency` value sets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+import pytest
+
+from hooks.cards import CardOptions, build_cards
+from hooks.model import Model
+from hooks.synthetic import ICD10, Factory, radiculopathy_knee_pain
+from tests.hooks.conftest import HookCall, assess_resources
+
+RED_FLAGS = [
+    ("G83.4", "Cauda equina syndrome"),
+    ("G06.1", "Intraspinal abscess and granuloma"),
+    ("M46.26", "Osteomyelitis of vertebra, lumbar region"),
+    ("M46.46", "Discitis, unspecified, lumbar region"),
+    ("S32.009A", "Unspecified fracture of unspecified lumbar vertebra, initial encounter"),
+    ("M48.56XA", "Collapsed vertebra, lumbar region, initial encounter"),
+    ("M80.08XA", "Age-related osteoporosis with current pathological fracture, vertebra(e)"),
+    ("C79.51", "Secondary malignant neoplasm of bone"),
+    ("C41.2", "Malignant neoplasm of vertebral column"),
+    ("M21.371", "Foot drop, right foot"),
+    ("M00.061", "Staphylococcal arthritis, right knee"),
+    ("I82.411", "Acute embolism and thrombosis of right femoral vein"),
+]
+
+
+def with_red_flag(factory: Factory, code: str, display: str, **kw: Any) -> list[dict[str, Any]]:
+    """The `likely` radiculopathy profile (knee pain, radiculopathy, back and thigh pain) plus one diagnosis."""
+    return [*radiculopathy_knee_pain(factory), factory.condition(ICD10, code, display, **kw)]
+
+
+def cards_for(model: Model, resources: list[dict[str, Any]], today: date, hook: str = "patient-view") -> list[dict[str, Any]]:
+    assessment = assess_resources(model, resources, today)
+    return build_cards(model, assessment, CardOptions("https://cds.example.org/model"), hook=hook, instance="call-1")
+
+
+@pytest.mark.parametrize(("code", "display"), RED_FLAGS, ids=[c for c, _ in RED_FLAGS])
+def test_a_red_flag_gives_one_warning_that_names_it_and_no_referral(
+    model: Model, today: date, factory: Factory, code: str, display: str
+) -> None:
+    [card] = cards_for(model, with_red_flag(factory, code, display, onset_days_ago=3), today)
+    assert card["indicator"] == "warning"
+    assert display in card["summary"] or "Red flag in the record" in card["summary"]
+    assert len(card["summary"]) < 140
+    assert display in card["detail"] and code in card["detail"]
+    assert "urgent assessment" in card["detail"] and "does not triage red flags" in card["detail"]
+    assert "suggestions" not in card  # no routine referral
+    assert "lumbar spine" not in card["summary"].lower()
+
+
+def test_the_assessment_keeps_its_findings_and_names_the_red_flag(model: Model, today: date, factory: Factory) -> None:
+    assessment = assess_resources(model, with_red_flag(factory, "G83.4", "Cauda equina syndrome"), today)
+    assert assessment.band == "likely" and assessment.red_flagged and not assessment.actionable
+    [flag] = assessment.to_dict()["red_flags"]
+    assert flag["code"].endswith("|G83.4") and flag["value_set"] == "red_flag_spine"
+
+
+def test_a_septic_knee_never_points_at_the_spine(model: Model, today: date, factory: Factory) -> None:
+    [card] = cards_for(model, with_red_flag(factory, "M00.061", "Staphylococcal arthritis, right knee"), today)
+    assert "spine" not in card["summary"].lower()
+    assert "suggestions" not in card and "Staphylococcal arthritis, right knee" in card["detail"]
+
+
+def test_order_hooks_warn_too_when_a_knee_order_is_drafted(
+    model: Model, today: date, order_sign_request: Callable[..., HookCall]
+) -> None:
+    [card] = order_sign_request("cauda-equina").run(model, today).cards
+    assert card["indicator"] == "warning" and "suggestions" not in card
+    assert "Cauda equina syndrome" in card["summary"]
+
+
+def test_an_old_resolved_red_flag_does_not_stop_the_routine_card(model: Model, today: date, factory: Factory) -> None:
+    resources = with_red_flag(factory, "S32.009A", "Fracture of lumbar vertebra", clinical="resolved", onset_days_ago=800)
+    [card] = cards_for(model, resources, today)
+    assert card["summary"].startswith("Knee pain may be referred from the lumbar spine")
+    assert card["suggestions"]
+
+
+def test_a_recent_red_flag_counts_whatever_its_status(model: Model, today: date, factory: Factory) -> None:
+    resources = with_red_flag(factory, "G06.1", "Spinal epidural abscess", clinical="resolved", onset_days_ago=20)
+    [card] = cards_for(model, resources, today)
+    assert "suggestions" not in card and "Spinal epidural abscess" in card["detail"]
+
+
+def test_a_refuted_red_flag_is_ignored(model: Model, today: date, factory: Factory) -> None:
+    resources = with_red_flag(factory, "G83.4", "Cauda equina syndrome", verification="refuted")
+    [card] = cards_for(model, resources, today)
+    assert card["suggestions"]
+
+
+def test_every_routine_card_says_it_does_not_screen_for_red_flags(model: Model, today: date, factory: Factory) -> None:
+    [card] = cards_for(model, radiculopathy_knee_pain(factory), today)
+    assert "does not screen for red flags" in card["detail"]
+
+
+def test_a_red_flag_without_a_knee_complaint_makes_no_card(model: Model, today: date, factory: Factory) -> None:
+    """The service speaks only about knee pain: a cancer history at an unrelated visit is not its card."""
+    resources = [factory.patient(60), factory.condition(ICD10, "C79.51", "Secondary malignant neoplasm of bone")]
+    assert cards_for(model, resources, today) == []
