@@ -293,6 +293,8 @@ class Assessor:
         eligible, reason = True, None
         if record.patient_reference is None:
             eligible, reason = False, "no Patient resource, so age is unknown"
+        elif record.deceased:
+            eligible, reason = False, "the patient is deceased"
         elif age is None:
             eligible, reason = False, "age unknown"
         elif age < int(self.model.eligibility["min_age_years"]):

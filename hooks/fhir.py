@@ -65,6 +65,8 @@ class PatientRecord:
     patient_id: str | None = None
     patient_reference: str | None = None
     birth_date: date | None = None
+    # Patient.deceased[x]: true, or a date and time of death
+    deceased: bool = False
     evidence: dict[str, list[Evidence]] = field(default_factory=dict)
     interventions: list[Intervention] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -314,6 +316,7 @@ class RecordReader:
             self.record.patient_id = resource_id
         self.record.patient_reference = reference
         self.record.birth_date = fhir_date(resource.get("birthDate"))
+        self.record.deceased = resource.get("deceasedBoolean") is True or isinstance(resource.get("deceasedDateTime"), str)
         if self.record.birth_date is None:
             self.record.notes.append("The patient has no birth date, so age is unknown.")
 

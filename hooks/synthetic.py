@@ -268,6 +268,12 @@ def cauda_equina(f: Factory) -> list[Resource]:
     return [*radiculopathy_knee_pain(f), f.condition(ICD10, "G83.4", "Cauda equina syndrome", onset_days_ago=2)]
 
 
+def deceased(f: Factory) -> list[Resource]:
+    resources = radiculopathy_knee_pain(f)
+    resources[0]["deceasedDateTime"] = f.days_ago(10)
+    return resources
+
+
 def septic_knee(f: Factory) -> list[Resource]:
     return [
         *radiculopathy_knee_pain(f),
@@ -330,6 +336,7 @@ PROFILES: tuple[Profile, ...] = (
     Profile("already-referred", "radiculopathy profile with an active neurosurgery referral", "suppressed", already_referred),
     Profile("cauda-equina", "radiculopathy profile with cauda equina syndrome two days ago", "red-flag", cauda_equina),
     Profile("septic-knee", "radiculopathy profile with a septic right knee", "red-flag", septic_knee),
+    Profile("deceased", "radiculopathy profile of a patient who died ten days ago", "ineligible", deceased),
     Profile("recent-lumbar-mri", "radiculopathy profile with a lumbar MRI 45 days ago", "suppressed", recent_lumbar_mri),
     Profile(
         "resolved-knee-complaint", "knee pain resolved two years ago, back findings active", "ineligible", resolved_knee_complaint

@@ -368,3 +368,9 @@ def test_a_card_summary_stays_short_for_every_profile(service: RunningService) -
     for profile in ("radiculopathy-knee-pain", "bunion-back-weakness", "elderly-stenosis", "noisy-record"):
         for card in assert_cards_response(service.post(PATIENT_VIEW, patient_view(profile))):
             assert len(card["summary"]) < 140
+
+
+@pytest.mark.parametrize("path", ["/cds-services/spine-knee-patient-view", "/cds-services/spine-knee-order-sign"])
+def test_a_deceased_patient_gets_no_card(service: RunningService, path: str) -> None:
+    body = patient_view("deceased") if path.endswith("patient-view") else order_sign("deceased")
+    assert assert_cards_response(service.post(path, body)) == []

@@ -720,3 +720,24 @@ class TestDeterminism:
         (age,) = [f for f in a.to_dict()["findings"] if f["signal"] == "age_over_70"]
         assert age["references"] == []
         assert age["derived_from"] == "Patient.birthDate"
+
+
+# -- deceased patients ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("deceased", [{"deceasedBoolean": True}, {"deceasedDateTime": "2026-11-20T08:30:00Z"}])
+def test_a_deceased_patient_is_not_assessed_and_gets_no_card(
+    model: Model, today: date, factory: Factory, deceased: dict[str, Any]
+) -> None:
+    """Patient.deceased[x], either form: no card, and (being ineligible) no worklist row."""
+    resources = generate("radiculopathy-knee-pain", today=today)
+    resources[0].update(deceased)
+    assessment = assess_resources(model, resources, today)
+    assert (assessment.eligible, assessment.ineligible_reason) == (False, "the patient is deceased")
+    assert build_cards(model, assessment, CardOptions("https://cds.example.org/model"), hook="patient-view") == []
+
+
+def test_deceased_false_is_assessed_as_usual(model: Model, today: date) -> None:
+    resources = generate("radiculopathy-knee-pain", today=today)
+    resources[0]["deceasedBoolean"] = False
+    assert assess_resources(model, resources, today).band == "likely"
