@@ -222,7 +222,10 @@ def _apply_site(document: dict[str, Any], site: Mapping[str, Any]) -> None:
         if not isinstance(referral, Mapping) or set(referral) - {"code", "performer_type"}:
             raise ModelConfigError("site configuration referral: expected {'code', 'performer_type'}")
         if "code" in referral:
-            document["referral"]["code"] = dict(_coding(referral["code"], "site configuration referral.code").as_fhir())
+            own = _coding(referral["code"], "site configuration referral.code")
+            document["referral"]["code"] = dict(own.as_fhir())
+            # the site's own referral is a spine referral wherever it appears: once ordered, it silences the cards
+            document["value_sets"]["spine_referral"].setdefault("other", {}).setdefault(own.system, []).append(own.code)
         if "performer_type" in referral:
             performer = _coding(referral["performer_type"], "site configuration referral.performer_type")
             document["referral"]["performer_type"] = performer.as_fhir()

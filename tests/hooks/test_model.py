@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import date
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
+from hooks.assessment import assess
+from hooks.fhir import read_record
 from hooks.model import MODEL_FILE, CodeIndex, Coding, Model, ModelConfigError, load_model, normalize_code
+from hooks.synthetic import Factory, radiculopathy_knee_pain
 
 # -- the shipped model file, read independently of the loader ---------------------------------------
 
@@ -462,3 +466,16 @@ def test_laterality_tables_name_listed_codes(model: Model, value_set: str) -> No
     for code, side in table.items():
         assert value_set in model.index.lookup(ICD10, str(code))
         assert model.value_sets[value_set].laterality[normalize_code("icd10cm", str(code))] == side
+
+
+def test_the_sites_own_referral_once_ordered_silences_the_cards(today: date) -> None:
+    """A referral with the site's configured code is a spine referral, without listing it again."""
+    site = {"referral": {"code": {"system": LOCAL, "code": "SPINE-EVAL", "display": "Lumbar spine evaluation"}}}
+    configured = load_model(site=site)
+    factory = Factory(seed=3, today=today)
+    resources = [*radiculopathy_knee_pain(factory), factory.service_request(LOCAL, "SPINE-EVAL", "Lumbar spine evaluation")]
+    assessment = assess(configured, read_record(configured, resources), today)
+    assert assessment.suppressed and not assessment.actionable
+    assert [s.reason for s in assessment.suppressions] == ["a spine referral is already active"]
+    # the same record under the shipped model, which does not know the local code, is carded
+    assert assess(load_model(), read_record(load_model(), resources), today).actionable
