@@ -72,6 +72,11 @@ _INSERT_DECISION = insert(Decision).returning(Decision.id)
 _INSERT_LOG_ENTRY = insert(LogEntry)
 
 
+def _of_tenant(column: Any, tenant: Any) -> Any:
+    """`column` holds this tenant; no tenant is stored as NULL and compared as ''."""
+    return func.coalesce(column, "") == tenant
+
+
 @cache  # built once per shape, so SQLAlchemy's compiled cache is hit on every later call
 def _state_query(snooze: bool, postgres: bool, answered: bool) -> Select[Any]:
     """One row read under the chain lock: the chain head; on PostgreSQL the new decision's id (so the
@@ -93,7 +98,7 @@ def _state_query(snooze: bool, postgres: bool, answered: bool) -> Select[Any]:
         )
         same = (
             Decision.issuer == issuer,
-            func.coalesce(Decision.tenant, "") == tenant,
+            _of_tenant(Decision.tenant, tenant),
             Decision.input_digest == bindparam("input_digest", type_=String),
         )
         columns.append(select(func.min(Decision.id)).where(*earlier).scalar_subquery().label("earlier"))
@@ -109,7 +114,7 @@ def _state_query(snooze: bool, postgres: bool, answered: bool) -> Select[Any]:
             Feedback.patient_pseudonym == bindparam("patient_pseudonym", type_=String),
             # patient ids are the EHR's own: the same id at another EHR or tenant is another patient
             Feedback.issuer == issuer,
-            func.coalesce(Feedback.tenant, "") == tenant,
+            _of_tenant(Feedback.tenant, tenant),
             Feedback.outcome == "overridden",
             codes,
             or_(Feedback.override_system == bindparam("snooze_system", type_=String), Feedback.override_system.is_(None)),
@@ -284,7 +289,7 @@ class DecisionLog:
             Decision.service_id == decision.service_id,
             Decision.hook_instance == decision.hook_instance,
             Decision.issuer == decision.issuer,
-            func.coalesce(Decision.tenant, "") == (decision.tenant or ""),
+            _of_tenant(Decision.tenant, decision.tenant or ""),
             Decision.input_digest == decision.input_digest,
             Decision.status_code == 200,
         )
@@ -302,7 +307,7 @@ class DecisionLog:
                     IssuedCard.card_uuid == card_uuid,
                     Decision.service_id == service_id,
                     Decision.issuer == issuer,
-                    func.coalesce(Decision.tenant, "") == (tenant or ""),
+                    _of_tenant(Decision.tenant, tenant or ""),
                 )
             )
         # the card must be among those the chained decision row recorded, whatever issued_cards says

@@ -125,7 +125,7 @@ _NO_RED_FLAG_SCREENING = (
 
 
 def _red_flag_name(evidence: Evidence) -> str:
-    return evidence.coding.display or f"{evidence.coding.code}"
+    return evidence.coding.display or evidence.coding.code
 
 
 def red_flag_card(assessment: Assessment, options: CardOptions, *, hook: str, instance: str | None) -> dict[str, Any]:

@@ -49,8 +49,9 @@ def test_a_red_flag_gives_one_warning_that_names_it_and_no_referral(
 ) -> None:
     [card] = cards_for(model, with_red_flag(factory, code, display, onset_days_ago=3), today)
     assert card["indicator"] == "warning"
-    assert display in card["summary"] or "Red flag in the record" in card["summary"]
-    assert len(card["summary"]) < 140
+    named = f"Red flag in the record: {display}. Needs urgent assessment"
+    # the record's own name for it, unless that would not fit the summary's 140 characters
+    assert card["summary"] == (named if len(named) < 140 else "Red flag in the record: needs urgent assessment")
     assert display in card["detail"] and code in card["detail"]
     assert "urgent assessment" in card["detail"] and "does not triage red flags" in card["detail"]
     assert "suggestions" not in card  # no routine referral

@@ -126,6 +126,12 @@ def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
     }
 
 
+def badges(engine: Engine) -> list[bool]:
+    """The recorded verification outcomes, oldest first (the dashboard shows the last)."""
+    with engine.connect() as connection:
+        return [bool(ok) for ok in connection.execute(text("SELECT ok FROM verifications ORDER BY id")).scalars()]
+
+
 def sql(engine: Engine, *statements: str) -> None:
     with engine.begin() as connection:
         for statement in statements:
@@ -271,9 +277,7 @@ def test_cli_verify_exits_0_when_intact_and_1_naming_the_entry(
     broken = runner.invoke(main, ["audit", "verify"], env=env)
     assert broken.exit_code == 1
     assert "entry 6 (decision 6): edited" in broken.output
-    with engine.connect() as connection:
-        badges = connection.execute(text("SELECT ok FROM verifications ORDER BY id")).scalars().all()
-    assert [bool(b) for b in badges] == [True, False]
+    assert badges(engine) == [True, False]
 
 
 def _append_many(database_url: str, worker: int, count: int) -> None:
@@ -432,9 +436,7 @@ def test_an_unreadable_row_fails_verification_and_the_badge_shows_it(
     broken = runner.invoke(main, ["audit", "verify"], env=env)
     assert broken.exit_code == 1
     assert "entry 3 (decision 3): edited: the decision row cannot be read" in broken.output
-    with engine.connect() as connection:
-        badges = connection.execute(text("SELECT ok FROM verifications ORDER BY id")).scalars().all()
-    assert [bool(b) for b in badges] == [True, False]
+    assert badges(engine) == [True, False]
 
 
 def test_an_unreadable_chain_entry_fails_verification(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
@@ -444,8 +446,7 @@ def test_an_unreadable_chain_entry_fails_verification(log: DecisionLog, engine: 
         sql(engine, "UPDATE log_chain SET created_at = '20000-01-01 00:00:00+00' WHERE seq = 5")
     report = verify_and_record(engine, KEY, anchors)
     assert report.problem is not None and report.problem.what == "unreadable"
-    with engine.connect() as connection:
-        assert connection.execute(text("SELECT ok FROM verifications")).scalars().all() == [False]
+    assert badges(engine) == [False]
 
 
 def test_a_verification_that_cannot_finish_is_recorded_as_failed(
@@ -460,5 +461,4 @@ def test_a_verification_that_cannot_finish_is_recorded_as_failed(
     monkeypatch.setattr(AnchorFile, "read", unreadable)
     report = verify_and_record(engine, KEY, anchors)
     assert report.problem is not None and "could not finish (PermissionError" in report.problem.detail
-    with engine.connect() as connection:
-        assert [bool(ok) for ok in connection.execute(text("SELECT ok FROM verifications")).scalars()] == [False]
+    assert badges(engine) == [False]
