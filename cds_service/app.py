@@ -21,7 +21,7 @@ from cds_service.auth import Authenticator, DatabaseReplayStore, KeySets, RedisR
 from cds_service.db import DecisionLog, make_engine, upgrade
 from cds_service.errors import register_error_handlers
 from cds_service.fetch import PrefetchFetcher
-from cds_service.pipeline import FeedbackPipeline, HookPipeline
+from cds_service.pipeline import FeedbackPipeline, HookPipeline, snooze_rule
 from cds_service.settings import Settings, load_settings
 from hooks.model import Model, load_model
 
@@ -129,7 +129,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         PrefetchFetcher.from_settings(settings),
         decision_log,
         digest_key=pseudonym_key(settings),
-        snooze_days=settings.snooze_days,
+        snooze=snooze_rule(settings),
     )
     app.extensions["spine_cds"] = Components(
         settings=settings,

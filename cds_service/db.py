@@ -16,7 +16,7 @@ from functools import cache
 from typing import Any
 
 import psycopg
-from sqlalchemy import JSON, Insert, Integer, Select, String, any_, bindparam, exists, func, insert, or_, select
+from sqlalchemy import JSON, Insert, Integer, Select, String, and_, bindparam, exists, func, insert, not_, or_, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import IntegrityError
@@ -59,12 +59,24 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SnoozeRule:
-    """Overrides with these reasons, this recent, silence a service's cards for that patient at that EHR
-    (issuer and tenant)."""
+    """How long feedback on a service's card silences that service's cards for the patient at that EHR
+    (issuer and tenant), in days, 0 for not at all: an override with one of `reasons` (codes of `system`,
+    or sent without a system) for that reason's days; any other override (another code or system, or no
+    reason) for `other_days`; taking the card's suggestion (`accepted`) for `accepted_days`."""
 
     system: str
-    codes: frozenset[str]
-    days: int
+    reasons: tuple[tuple[str, int], ...]  # (code, days)
+    other_days: int
+    accepted_days: int
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(code for code, _ in self.reasons)
+
+    @property
+    def silences(self) -> bool:
+        """Whether any feedback snoozes at all (every duration 0: the append does not look)."""
+        return any(days > 0 for days in (self.other_days, self.accepted_days, *(d for _, d in self.reasons)))
 
 
 _DECISION_COLUMNS = tuple(c for c in Decision.__table__.columns if c.key != "id")
@@ -78,11 +90,12 @@ def _of_tenant(column: Any, tenant: Any) -> Any:
 
 
 @cache  # built once per shape, so SQLAlchemy's compiled cache is hit on every later call
-def _state_query(snooze: bool, postgres: bool, answered: bool) -> Select[Any]:
+def _state_query(snooze: tuple[str, ...] | None, postgres: bool, answered: bool) -> Select[Any]:
     """One row read under the chain lock: the chain head; on PostgreSQL the new decision's id (so the
     decision, its cards and its link go in one statement); for an answerable call the earlier answers
-    to its hookInstance (`earlier`: any; `same`: to this very request from this very caller); and
-    whether an override by the same issuer and tenant snoozes the cards."""
+    to its hookInstance (`earlier`: any; `same`: to this very request from this very caller); and, with
+    the snooze rule's reason codes, whether recent feedback by the same issuer and tenant on this
+    patient snoozes the cards."""
     columns: list[Any] = [chain.HEAD.c.seq, chain.HEAD.c.entry_hash]
     if postgres:
         columns.append(
@@ -103,24 +116,31 @@ def _state_query(snooze: bool, postgres: bool, answered: bool) -> Select[Any]:
         )
         columns.append(select(func.min(Decision.id)).where(*earlier).scalar_subquery().label("earlier"))
         columns.append(select(func.min(Decision.id)).where(*earlier, *same).scalar_subquery().label("same"))
-    if snooze:
-        codes = (
-            Feedback.override_code == any_(bindparam("snooze_codes", type_=postgresql.ARRAY(String)))
-            if postgres
-            else Feedback.override_code.in_(bindparam("snooze_codes", expanding=True))
-        )
-        recent_override = select(Feedback.id).where(
+    if snooze is not None:
+        # each kind of feedback snoozes from its own `since` (NULL when its duration is 0, which no
+        # created_at is >= to); the predicates are NULL-safe, so an override without a code or system
+        # falls to the "other" branch, and the shape only varies with the reason codes (cached above)
+        system = bindparam("snooze_system", type_=String)
+        ours = or_(Feedback.override_system == system, Feedback.override_system.is_(None))
+        reasons = [and_(func.coalesce(Feedback.override_code, "") == code, ours) for code in snooze]
+        overridden = Feedback.outcome == "overridden"
+
+        def since(name: str) -> Any:
+            return Feedback.created_at >= bindparam(name, type_=Feedback.created_at.type)
+
+        recent_feedback = select(Feedback.id).where(
             Feedback.service_id == bindparam("service_id", type_=String),
             Feedback.patient_pseudonym == bindparam("patient_pseudonym", type_=String),
             # patient ids are the EHR's own: the same id at another EHR or tenant is another patient
             Feedback.issuer == issuer,
             _of_tenant(Feedback.tenant, tenant),
-            Feedback.outcome == "overridden",
-            codes,
-            or_(Feedback.override_system == bindparam("snooze_system", type_=String), Feedback.override_system.is_(None)),
-            Feedback.created_at >= bindparam("snooze_since", type_=Feedback.created_at.type),
+            or_(
+                *(and_(overridden, reason, since(f"snooze_since_{i}")) for i, reason in enumerate(reasons)),
+                and_(overridden, *(not_(reason) for reason in reasons), since("snooze_since_other")),
+                and_(Feedback.outcome == "accepted", since("snooze_since_accepted")),
+            ),
         )
-        columns.append(exists(recent_override).label("snoozed"))
+        columns.append(exists(recent_feedback).label("snoozed"))
     return select(*columns)
 
 
@@ -136,6 +156,9 @@ def _postgres_insert() -> Insert:
 
 
 _JSON_COLUMNS = frozenset(c.key for c in _DECISION_COLUMNS if isinstance(c.type, JSON))
+# the shape of an append's read under the lock: the snooze rule's reason codes (None: no snooze
+# check), and whether the call is answerable (status 200 with a hookInstance)
+_Shape = tuple[tuple[str, ...] | None, bool]
 
 
 class _PostgresAppend:
@@ -143,13 +166,17 @@ class _PostgresAppend:
     once: its per-execution work was the larger part of the append's CPU (bench/README.md)."""
 
     def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
         self.lock = DriverStatement.of(chain.POSTGRES_LOCK, dialect)
-        self.state = {
-            (snooze, answered): DriverStatement.of(_state_query(snooze, True, answered), dialect)
-            for snooze in (False, True)
-            for answered in (False, True)
-        }
+        self._states: dict[_Shape, DriverStatement] = {}
         self.insert = DriverStatement.of(_postgres_insert(), dialect)
+
+    def state(self, shape: _Shape) -> DriverStatement:
+        """The read under the lock for this shape, compiled on first use (a race compiles it twice, harmlessly)."""
+        statement = self._states.get(shape)
+        if statement is None:
+            statement = self._states[shape] = DriverStatement.of(_state_query(shape[0], True, shape[1]), self.dialect)
+        return statement
 
 
 class _Answered(Exception):
@@ -183,30 +210,38 @@ class DecisionLog:
         with `reuse_of` naming the earlier answer. The check runs under the chain lock, and a unique index
         over the answered calls backs it, so two identical calls racing each other log one decision.
         Failed attempts (400, 412) are logged too but answer nothing, so a retry after one is assessed.
-        With a snooze rule, a decision with cards is checked against recent overrides for the same
-        patient from the same issuer and tenant, and logged as "snoozed" without cards when one applies.
+        With a snooze rule, a decision with cards is checked against recent feedback on the same
+        service's cards for the same patient from the same issuer and tenant (each within its duration),
+        and logged as "snoozed" without cards when any applies.
         On PostgreSQL an append is four round trips: the lock, one read, one insert, the commit.
         """
         values = {c.key: getattr(decision, c.key) for c in _DECISION_COLUMNS}
         values["created_at"] = values["created_at"] or self.clock()
-        check_snooze = bool(snooze and decision.cards and decision.patient_pseudonym and snooze.days > 0)
+        check_snooze = snooze is not None and snooze.silences and bool(decision.cards and decision.patient_pseudonym)
         answerable = decision.status_code == 200 and decision.hook_instance is not None
         parameters: dict[str, Any] = {"issuer": decision.issuer, "tenant": decision.tenant or ""}
         if answerable:
             parameters.update(
                 service_id=decision.service_id, hook_instance=decision.hook_instance, input_digest=decision.input_digest
             )
-        if snooze and check_snooze:
+        if snooze is not None and check_snooze:
+            now = self.clock()
+
+            def since(days: int) -> datetime | None:
+                return now - timedelta(days=days) if days > 0 else None
+
             parameters.update(
                 service_id=decision.service_id,
                 patient_pseudonym=decision.patient_pseudonym,
-                snooze_codes=sorted(snooze.codes),
                 snooze_system=snooze.system,
-                snooze_since=self.clock() - timedelta(days=snooze.days),
+                snooze_since_other=since(snooze.other_days),
+                snooze_since_accepted=since(snooze.accepted_days),
+                **{f"snooze_since_{i}": since(days) for i, (_, days) in enumerate(snooze.reasons)},
             )
+        shape: _Shape = (snooze.codes if snooze is not None and check_snooze else None, answerable)
         append = self._append_postgres if self._postgres_statements else self._append
         try:
-            decision_id = append(values, (check_snooze, answerable), parameters)
+            decision_id = append(values, shape, parameters)
         except _Answered as answered:
             return self._decision_by_id(answered.decision_id)
         except (IntegrityError, psycopg.IntegrityError):
@@ -231,7 +266,7 @@ class DecisionLog:
         if state.get("snoozed"):
             values.update(cards=[], card_uuids=[], suggestion_uuids=[], outcome="snoozed")
 
-    def _append(self, values: dict[str, Any], shape: tuple[bool, bool], parameters: dict[str, Any]) -> int:
+    def _append(self, values: dict[str, Any], shape: _Shape, parameters: dict[str, Any]) -> int:
         with self.engine.begin() as connection:
             chain.lock(connection)
             state = connection.execute(_state_query(shape[0], False, shape[1]), parameters).one()
@@ -247,14 +282,14 @@ class DecisionLog:
             connection.execute(_INSERT_LOG_ENTRY, link)
         return decision_id
 
-    def _append_postgres(self, values: dict[str, Any], shape: tuple[bool, bool], parameters: dict[str, Any]) -> int:
+    def _append_postgres(self, values: dict[str, Any], shape: _Shape, parameters: dict[str, Any]) -> int:
         statements = self._postgres_statements
         assert statements is not None
         with self.engine.begin() as connection:
             cursor = connection.connection.cursor()
             try:
                 statements.lock.execute(cursor, {})
-                statements.state[shape].execute(cursor, parameters)
+                statements.state(shape).execute(cursor, parameters)
                 found = cursor.fetchone()
                 assert found is not None and cursor.description is not None  # the head query always answers one row
                 state = dict(zip([column[0] for column in cursor.description], found, strict=True))

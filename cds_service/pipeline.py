@@ -22,7 +22,8 @@ from cds_service.auth import Caller
 from cds_service.db import Decision, DecisionLog, Feedback, SnoozeRule
 from cds_service.errors import ApiError
 from cds_service.fetch import PrefetchFetcher
-from hooks.cards import OVERRIDE_SYSTEM, SNOOZING_OVERRIDES, CardOptions
+from cds_service.settings import Settings
+from hooks.cards import OVERRIDE_REASONS, OVERRIDE_SYSTEM, CardOptions
 from hooks.model import Model
 from hooks.services import REQUIRED_CONTEXT, SERVICES_BY_ID, ServiceDeclaration, evaluate
 
@@ -101,6 +102,19 @@ def validate_hook_request(document: Any, service: ServiceDeclaration) -> HookReq
     return HookRequest(hook, instance, context, prefetch, fhir_server, token)
 
 
+def snooze_rule(settings: Settings) -> SnoozeRule:
+    """Feedback snoozes the service for that patient: an override with a reason the cards offer for that
+    reason's days in `snooze_days_by_reason` (`snooze_days` when it has none), any other override for
+    `snooze_days`, accepting the card's suggestion for the days of `accepted`."""
+    by_reason = settings.snooze_days_by_reason
+    return SnoozeRule(
+        system=OVERRIDE_SYSTEM,
+        reasons=tuple((r["code"], by_reason.get(r["code"], settings.snooze_days)) for r in OVERRIDE_REASONS),
+        other_days=settings.snooze_days,
+        accepted_days=by_reason.get("accepted", settings.snooze_days),
+    )
+
+
 class HookPipeline:
     def __init__(
         self,
@@ -108,13 +122,13 @@ class HookPipeline:
         fetcher: PrefetchFetcher,
         decision_log: DecisionLog,
         digest_key: bytes,
-        snooze_days: int,
+        snooze: SnoozeRule,
     ) -> None:
         self.model = model
         self.fetcher = fetcher
         self.log = decision_log
         self._digest_key = digest_key
-        self.snooze = SnoozeRule(OVERRIDE_SYSTEM, SNOOZING_OVERRIDES, snooze_days)
+        self.snooze = snooze
 
     def _user(self, user_id: str | None) -> str | None:
         """Clinician ids are kept as sent; a patient or relative using the app is kept as a pseudonym."""

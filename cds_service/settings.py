@@ -2,9 +2,9 @@
 
 Precedence: embedded defaults, then an optional file (JSON, YAML or TOML) named by
 ``SPINE_CDS_SETTINGS_FILE`` or passed explicitly, then environment variables ``SPINE_CDS_<KEY>``
-whose values are parsed as JSON when they parse (``SPINE_CDS_SNOOZE_DAYS=30``) and taken as plain
-strings otherwise. Everything is validated at start; a bad value stops start-up with a message
-that names the key.
+whose values are parsed as JSON when they parse (``SPINE_CDS_SNOOZE_DAYS=30``,
+``SPINE_CDS_SNOOZE_DAYS_BY_REASON='{"accepted": 0}'``) and taken as plain strings otherwise.
+Everything is validated at start; a bad value stops start-up with a message that names the key.
 """
 
 from __future__ import annotations
@@ -15,15 +15,22 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hooks.cards import OVERRIDE_REASONS
 from hooks.model import ModelConfigError, load_model
 
 ENV_PREFIX = "SPINE_CDS_"
+
+# the feedback a snooze duration can be set for: each override reason the cards offer, and `accepted`
+SNOOZE_KEYS: tuple[str, ...] = (*(reason["code"] for reason in OVERRIDE_REASONS), "accepted")
+# days a snooze lasts where it differs from `snooze_days`: a confirmed knee cause holds longer; an
+# accepted suggestion drafted a spine referral, which the model suppresses the card for 180 days after
+DEFAULT_SNOOZE_DAYS_BY_REASON: dict[str, int] = {"knee-cause-confirmed": 365, "accepted": 180}
 
 
 class SettingsError(ValueError):
@@ -103,7 +110,13 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
     fetch_timeout_seconds: float = Field(3.0, gt=0, le=30)
     fetch_max_pages: int = Field(10, ge=1, le=1000)
+    # how long feedback silences a service's cards for that patient at that EHR (issuer and tenant), in
+    # days, 0 for not at all: `snooze_days` for any override, `snooze_days_by_reason` for each override
+    # reason code and for `accepted` (merged over DEFAULT_SNOOZE_DAYS_BY_REASON)
     snooze_days: int = Field(90, ge=0)
+    snooze_days_by_reason: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: dict(DEFAULT_SNOOZE_DAYS_BY_REASON)
+    )
     pseudonym_key: str | None = None
     # keys the decision-log hash chain and its anchors; kept outside the database like the pseudonym key
     audit_key: str | None = None
@@ -151,6 +164,15 @@ class Settings(BaseModel):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an absolute http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("snooze_days_by_reason")
+    @classmethod
+    def _known_snooze_keys(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(SNOOZE_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; expected any of {', '.join(SNOOZE_KEYS)}")
+        # a key left out keeps its default, so setting one reason does not reset the others
+        return {**DEFAULT_SNOOZE_DAYS_BY_REASON, **value}
 
     @field_validator("log_level")
     @classmethod

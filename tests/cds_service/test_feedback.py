@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from hooks.cards import OVERRIDE_SYSTEM
+from cds_service.pipeline import snooze_rule
+from cds_service.settings import load_settings
+from hooks.cards import OVERRIDE_REASONS, OVERRIDE_SYSTEM
 from hooks.synthetic import generate
 from tests.cds_service.requests import TODAY, accepted, order_sign, overridden, patient_view_of
 from tests.support import LogReader, RunningService, assert_cards_response, error_of
@@ -194,14 +198,57 @@ def test_feedback_as_text_plain_is_415(service: RunningService) -> None:
     assert error_of(response)["code"] == "unsupported_media_type"
 
 
-@pytest.mark.parametrize("reason", ["already-evaluated", "patient-declines"])
-def test_a_snoozing_override_silences_the_service_for_that_patient(
-    running: RunningService, read_log: Callable[[RunningService], LogReader], reason: str
+# -- snoozing: feedback on a card silences the service's cards for that patient a while ----------
+
+REASONS = [reason["code"] for reason in OVERRIDE_REASONS]
+
+
+def feedback_of(card: dict[str, Any], kind: str | None) -> dict[str, Any]:
+    """`accepted` takes the card's suggestion; anything else overrides it with that reason (None: no reason)."""
+    return accepted(card) if kind == "accepted" else overridden(card, kind)
+
+
+@contextmanager
+def sent_days_ago(running: RunningService, days: int) -> Iterator[None]:
+    """Whatever the service logs meanwhile (feedback included) is dated `days` days back by the log's clock."""
+    decision_log = running.app.extensions["spine_cds"].decision_log
+    clock = decision_log.clock
+    decision_log.clock = lambda: clock() - timedelta(days=days)
+    try:
+        yield
+    finally:
+        decision_log.clock = clock
+
+
+def snoozed(running: RunningService, log: LogReader, patient: list[dict[str, Any]]) -> bool:
+    """Call the patient-view service for this patient again: True when the call was logged as snoozed."""
+    again = patient_view_of(patient)
+    cards = assert_cards_response(running.post(PATIENT_VIEW, again))
+    outcome = log.decision(hook_instance=again["hookInstance"])["outcome"]
+    assert (outcome, bool(cards)) in (("snoozed", False), ("cards", True)), (outcome, cards)
+    return outcome == "snoozed"
+
+
+def test_the_snooze_rule_from_the_default_settings() -> None:
+    rule = snooze_rule(load_settings(environ={}))
+    assert rule.system == OVERRIDE_SYSTEM
+    assert dict(rule.reasons) == {
+        "already-evaluated": 90,
+        "knee-cause-confirmed": 365,
+        "patient-declines": 90,
+        "not-clinically-relevant": 90,
+    }
+    assert (rule.other_days, rule.accepted_days) == (90, 180)
+
+
+@pytest.mark.parametrize("kind", [*REASONS, None, "accepted"])
+def test_every_override_and_accepting_silence_the_service_for_that_patient(
+    running: RunningService, read_log: Callable[[RunningService], LogReader], kind: str | None
 ) -> None:
     log = read_log(running)
     patient, other = new_patient(), new_patient()
     card = card_for(running, patient)
-    assert send(running, overridden(card, reason)).status_code == 200
+    assert send(running, feedback_of(card, kind)).status_code == 200
 
     again = patient_view_of(patient)
     assert running.post(PATIENT_VIEW, again).json() == {"cards": []}
@@ -218,27 +265,110 @@ def test_a_snoozing_override_silences_the_service_for_that_patient(
     assert len(assert_cards_response(running.post("/cds-services/spine-knee-order-sign", body))) == 1
 
 
-@pytest.mark.parametrize("reason", ["not-clinically-relevant", "knee-cause-confirmed", None])
-def test_other_overrides_do_not_snooze(service: RunningService, reason: str | None) -> None:
-    patient = new_patient()
-    card = card_for(service, patient)
-    assert send(service, overridden(card, reason)).status_code == 200
-    assert len(card_for(service, patient)) > 0
-
-
-def test_accepting_does_not_snooze(service: RunningService) -> None:
-    patient = new_patient()
-    assert send(service, accepted(card_for(service, patient))).status_code == 200
-    assert len(card_for(service, patient)) > 0
-
-
-def test_snooze_days_zero_disables_snoozing(
-    service_factory: Callable[..., RunningService], read_log: Callable[[RunningService], LogReader]
+def test_a_confirmed_knee_cause_snoozes_past_snooze_days_and_another_reason_as_old_does_not(
+    running: RunningService, read_log: Callable[[RunningService], LogReader]
 ) -> None:
-    running = service_factory(snooze_days=0)
+    log = read_log(running)
+    knee, declines = new_patient(), new_patient()
+    knee_card, declines_card = card_for(running, knee), card_for(running, declines)
+    items = overridden(knee_card, "knee-cause-confirmed"), overridden(declines_card, "patient-declines")
+    with sent_days_ago(running, 200):  # older than snooze_days (90), within knee-cause-confirmed's 365
+        assert send(running, *items).json() == {"stored": 2, "duplicates": 0}
+    assert snoozed(running, log, knee)
+    assert not snoozed(running, log, declines)
+
+
+@pytest.mark.parametrize(
+    ("kind", "days_ago", "silenced"),
+    [
+        ("already-evaluated", 89, True),
+        ("not-clinically-relevant", 91, False),
+        (None, 89, True),
+        (None, 91, False),
+        ("knee-cause-confirmed", 364, True),
+        ("knee-cause-confirmed", 366, False),
+        ("accepted", 179, True),
+        ("accepted", 181, False),
+    ],
+)
+def test_each_snooze_lasts_its_own_duration(
+    running: RunningService,
+    read_log: Callable[[RunningService], LogReader],
+    kind: str | None,
+    days_ago: int,
+    silenced: bool,
+) -> None:
+    log = read_log(running)
     patient = new_patient()
     card = card_for(running, patient)
-    assert send(running, overridden(card, "already-evaluated")).status_code == 200
-    again = patient_view_of(patient)
-    assert len(assert_cards_response(running.post(PATIENT_VIEW, again))) == 1
-    assert read_log(running).decision(hook_instance=again["hookInstance"])["outcome"] == "cards"
+    with sent_days_ago(running, days_ago):
+        assert send(running, feedback_of(card, kind)).status_code == 200
+    assert snoozed(running, log, patient) is silenced
+
+
+def test_a_reason_from_another_code_system_snoozes_for_snooze_days(
+    running: RunningService, read_log: Callable[[RunningService], LogReader]
+) -> None:
+    """Only the cards' own reason system takes a reason's duration: another system's
+    `knee-cause-confirmed` is an override like any other."""
+    log = read_log(running)
+    recent, older = new_patient(), new_patient()
+
+    def foreign(card: dict[str, Any]) -> dict[str, Any]:
+        coding = {"system": "urn:example:other-reasons", "code": "knee-cause-confirmed"}
+        return {**overridden(card), "overrideReason": {"reason": coding}}
+
+    assert send(running, foreign(card_for(running, recent))).status_code == 200
+    with sent_days_ago(running, 200):
+        assert send(running, foreign(card_for(running, older))).status_code == 200
+    assert snoozed(running, log, recent)
+    assert not snoozed(running, log, older)
+
+
+def test_a_zero_duration_means_that_feedback_does_not_snooze(
+    service_factory: Callable[..., RunningService], read_log: Callable[[RunningService], LogReader], database_url: str
+) -> None:
+    running = service_factory(database_url=database_url, snooze_days_by_reason={"patient-declines": 0, "accepted": 0})
+    log = read_log(running)
+    declined, accepting, evaluated, knee = (new_patient() for _ in range(4))
+    assert send(running, overridden(card_for(running, declined), "patient-declines")).status_code == 200
+    assert send(running, accepted(card_for(running, accepting))).status_code == 200
+    assert send(running, overridden(card_for(running, evaluated), "already-evaluated")).status_code == 200
+    assert send(running, overridden(card_for(running, knee), "knee-cause-confirmed")).status_code == 200
+    assert not snoozed(running, log, declined)
+    assert not snoozed(running, log, accepting)
+    assert snoozed(running, log, evaluated)  # the others keep their durations
+    assert snoozed(running, log, knee)
+
+
+def test_snooze_days_zero_leaves_only_the_durations_of_their_own(
+    service_factory: Callable[..., RunningService], read_log: Callable[[RunningService], LogReader], database_url: str
+) -> None:
+    running = service_factory(database_url=database_url, snooze_days=0)
+    log = read_log(running)
+    evaluated, unexplained, knee, accepting = (new_patient() for _ in range(4))
+    assert send(running, overridden(card_for(running, evaluated), "already-evaluated")).status_code == 200
+    assert send(running, overridden(card_for(running, unexplained))).status_code == 200
+    assert send(running, overridden(card_for(running, knee), "knee-cause-confirmed")).status_code == 200
+    assert send(running, accepted(card_for(running, accepting))).status_code == 200
+    assert not snoozed(running, log, evaluated)
+    assert not snoozed(running, log, unexplained)
+    assert snoozed(running, log, knee)  # 365 days of its own
+    assert snoozed(running, log, accepting)  # 180 days of its own
+
+
+def test_every_duration_zero_disables_snoozing(
+    service_factory: Callable[..., RunningService], read_log: Callable[[RunningService], LogReader], database_url: str
+) -> None:
+    running = service_factory(
+        database_url=database_url,
+        snooze_days=0,
+        snooze_days_by_reason={"knee-cause-confirmed": 0, "accepted": 0},
+    )
+    log = read_log(running)
+    patient = new_patient()
+    first = card_for(running, patient)
+    assert send(running, overridden(first, "knee-cause-confirmed")).json() == {"stored": 1, "duplicates": 0}
+    second = card_for(running, patient)
+    assert send(running, overridden(second, "already-evaluated"), accepted(second)).json() == {"stored": 2, "duplicates": 0}
+    assert not snoozed(running, log, patient)

@@ -90,6 +90,7 @@ def test_defaults_load_without_file_or_environment() -> None:
     settings = load_settings(environ={})
     assert settings == Settings()
     assert settings.snooze_days == 90
+    assert settings.snooze_days_by_reason == {"knee-cause-confirmed": 365, "accepted": 180}
     assert settings.jwt_leeway_seconds == 60
     assert settings.jti_ttl_seconds == 3600
     assert settings.trusted_issuers == {}
@@ -131,6 +132,7 @@ def test_environment_values_are_parsed_as_json() -> None:
     settings = load_settings(
         environ={
             "SPINE_CDS_SNOOZE_DAYS": "30",
+            "SPINE_CDS_SNOOZE_DAYS_BY_REASON": '{"patient-declines": 14, "accepted": 0}',
             "SPINE_CDS_FETCH_TIMEOUT_SECONDS": "2.5",
             "SPINE_CDS_AUTO_MIGRATE": "false",
             "SPINE_CDS_TRUSTED_ISSUERS": json.dumps(issuers),
@@ -145,6 +147,7 @@ def test_environment_values_are_parsed_as_json() -> None:
         }
     )
     assert settings.snooze_days == 30
+    assert settings.snooze_days_by_reason == {"knee-cause-confirmed": 365, "patient-declines": 14, "accepted": 0}
     assert settings.fetch_timeout_seconds == 2.5
     assert settings.auto_migrate is False
     assert settings.trusted_issuers[ISSUER].jwks == {"keys": []}
@@ -188,6 +191,11 @@ def test_environment_replaces_a_file_value_whole(tmp_path: Path) -> None:
     [
         ({"SPINE_CDS_SNOOZE_DAYS": "-1"}, "SPINE_CDS_SNOOZE_DAYS"),
         ({"SPINE_CDS_SNOOZE_DAYS": "soon"}, "SPINE_CDS_SNOOZE_DAYS"),
+        ({"SPINE_CDS_SNOOZE_DAYS_BY_REASON": '{"no-such-reason": 30}'}, "SPINE_CDS_SNOOZE_DAYS_BY_REASON"),
+        ({"SPINE_CDS_SNOOZE_DAYS_BY_REASON": '{"accepted": -1}'}, "SPINE_CDS_SNOOZE_DAYS_BY_REASON.accepted"),
+        ({"SPINE_CDS_SNOOZE_DAYS_BY_REASON": '{"accepted": "soon"}'}, "SPINE_CDS_SNOOZE_DAYS_BY_REASON.accepted"),
+        ({"SPINE_CDS_SNOOZE_DAYS_BY_REASON": "accepted=30"}, "SPINE_CDS_SNOOZE_DAYS_BY_REASON"),
+        ({"SPINE_CDS_SNOOZE_DAYS_BY_REASON": "[30]"}, "SPINE_CDS_SNOOZE_DAYS_BY_REASON"),
         ({"SPINE_CDS_JWT_LEEWAY_SECONDS": "3600"}, "SPINE_CDS_JWT_LEEWAY_SECONDS"),
         ({"SPINE_CDS_JTI_TTL_SECONDS": "10"}, "SPINE_CDS_JTI_TTL_SECONDS"),
         ({"SPINE_CDS_FETCH_TIMEOUT_SECONDS": "0"}, "SPINE_CDS_FETCH_TIMEOUT_SECONDS"),
@@ -240,6 +248,42 @@ def test_bad_override_and_bad_file_value_name_the_key(tmp_path: Path) -> None:
     path = tmp_path / "settings.yaml"
     path.write_text("public_base_url: not-a-url\n", encoding="utf-8")
     assert "SPINE_CDS_PUBLIC_BASE_URL" in error_of(file=path)
+
+
+def test_snooze_days_by_reason_error_names_the_unknown_key_and_the_known_ones() -> None:
+    message = error_of(environ={"SPINE_CDS_SNOOZE_DAYS_BY_REASON": '{"patient-declines": 30, "declined": 30}'})
+    assert "SPINE_CDS_SNOOZE_DAYS_BY_REASON" in message
+    assert "'declined'" in message and "'patient-declines'" not in message
+    for known in ("already-evaluated", "knee-cause-confirmed", "patient-declines", "not-clinically-relevant", "accepted"):
+        assert known in message
+
+
+def test_snooze_days_by_reason_keeps_the_defaults_it_does_not_name() -> None:
+    settings = load_settings({"snooze_days_by_reason": {"knee-cause-confirmed": 30}}, environ={})
+    assert settings.snooze_days_by_reason == {"knee-cause-confirmed": 30, "accepted": 180}
+    every = {
+        "already-evaluated": 1,
+        "knee-cause-confirmed": 2,
+        "patient-declines": 3,
+        "not-clinically-relevant": 4,
+        "accepted": 0,
+    }
+    assert load_settings({"snooze_days_by_reason": every}, environ={}).snooze_days_by_reason == every
+
+
+@pytest.mark.parametrize(
+    ("suffix", "content"),
+    [
+        ("yaml", "snooze_days_by_reason:\n  patient-declines: 14\n  accepted: 0\n"),
+        ("toml", "[snooze_days_by_reason]\npatient-declines = 14\naccepted = 0\n"),
+        ("json", '{"snooze_days_by_reason": {"patient-declines": 14, "accepted": 0}}'),
+    ],
+)
+def test_snooze_days_by_reason_from_a_settings_file(tmp_path: Path, suffix: str, content: str) -> None:
+    path = tmp_path / f"settings.{suffix}"
+    path.write_text(content, encoding="utf-8")
+    settings = load_settings(settings_file=path, environ={})
+    assert settings.snooze_days_by_reason == {"knee-cause-confirmed": 365, "patient-declines": 14, "accepted": 0}
 
 
 def test_log_level_is_normalised() -> None:
@@ -304,6 +348,7 @@ def test_unparsable_settings_file_is_a_clear_error(tmp_path: Path, suffix: str, 
     ("config", "key"),
     [
         ({"snooze_days": -1}, "SPINE_CDS_SNOOZE_DAYS"),
+        ({"snooze_days_by_reason": {"no-such-reason": 30}}, "SPINE_CDS_SNOOZE_DAYS_BY_REASON"),
         ({"trusted_issuers": {ISSUER: {}}}, "SPINE_CDS_TRUSTED_ISSUERS"),
         ({"site": {"codes": {"no_such_value_set": []}}}, "SPINE_CDS_SITE"),
         ({"log_level": "LOUD"}, "SPINE_CDS_LOG_LEVEL"),
@@ -349,6 +394,7 @@ def exec_recorder(monkeypatch: pytest.MonkeyPatch) -> ExecRecorder:
     ("env", "key"),
     [
         ({"SPINE_CDS_SNOOZE_DAYS": "-5"}, "SPINE_CDS_SNOOZE_DAYS"),
+        ({"SPINE_CDS_SNOOZE_DAYS_BY_REASON": '{"no-such-reason": 30}'}, "SPINE_CDS_SNOOZE_DAYS_BY_REASON"),
         ({"SPINE_CDS_NOPE": "1"}, "SPINE_CDS_NOPE"),
         ({"SPINE_CDS_LOG_LEVEL": "LOUD"}, "SPINE_CDS_LOG_LEVEL"),
     ],
