@@ -18,7 +18,7 @@ from hooks.model import load_model
 
 
 def _top(contributions: tuple[Contribution, ...], limit: int = 3) -> str:
-    return ", ".join(c.signal.label for c in contributions[:limit]) or "-"
+    return ", ".join([c.signal.key for c in contributions if c.points][:limit]) or "-"
 
 
 def _settings() -> Settings:
@@ -109,14 +109,14 @@ def evaluate(today: datetime | None, data_dir: Path | None) -> None:
     day = today.date() if today else date.today()
     model = load_model()
     click.echo(f"Model {model.id} {model.version} {model.hash}, as of {day.isoformat()}\n")
-    click.echo(f"{'profile':26} {'expected':11} {'outcome':11} {'score':>6}  top findings / alternatives")
+    click.echo(f"{'profile':26} {'intended':11} {'outcome':11} {'score':>6}  {'card':34} counted findings / alternatives")
     failures = 0
     for result in evaluate_profiles(model, day):
         a = result.assessment
         mark = "" if result.ok else "  <-- differs"
         failures += not result.ok
         click.echo(
-            f"{result.profile:26} {result.expected:11} {result.outcome:11} {a.score:+6.2f}  "
+            f"{result.profile.name:26} {result.expected:11} {result.outcome:11} {a.score:+6.2f}  {result.card:34} "
             f"{_top(a.findings)} / {_top(a.alternatives)}{mark}"
         )
     if data_dir is not None:

@@ -144,6 +144,9 @@ def model_identity() -> Response:
             "developer": document.get("developer"),
             "funding": document.get("funding"),
             "intended_use": document.get("intended_use"),
+            # HTI-1 source attributes: users, population, validation, and every data element with whether it is used
+            **dict(document.get("source_attributes") or {}),
             "citations": model.citations,
+            "changelog": model.changelog,
         }
     )

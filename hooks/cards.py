@@ -1,8 +1,10 @@
 """CDS Hooks 2.0 cards from an assessment.
 
-The card shows the basis of its suggestion so the clinician can check it independently: every
-finding with the resource and date it came from, what it contributed and why, the alternatives,
-the inputs that were missing. Wording says "consider"; `critical` is never used.
+The card shows the basis of its suggestion so the clinician can check it independently, in seconds:
+the knee complaint and each finding as the record has it (display and code, statuses, side, age), the
+points it added, the alternatives and the examinations missing; why each weight is what it is lives on
+the model page the card links to. Wording says "consider"; `critical` is never used. Only a `likely`
+card offers the referral; a `possible` one advises examining first.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from hooks.assessment import Assessment, Contribution
-from hooks.fhir import Evidence, Intervention
+from hooks.fhir import SUGGESTION_IDENTIFIER_SYSTEM, Evidence, Intervention
 from hooks.model import Model
 
 OVERRIDE_SYSTEM = "urn:spine-cds:override-reason"
@@ -24,18 +27,9 @@ OVERRIDE_REASONS: tuple[dict[str, str], ...] = (
     {"system": OVERRIDE_SYSTEM, "code": "patient-declines", "display": "Patient declines"},
     {"system": OVERRIDE_SYSTEM, "code": "not-clinically-relevant", "display": "Not clinically relevant"},
 )
-# overrides that mean "do not ask again for a while" (see the service's snooze setting)
-SNOOZING_OVERRIDES = frozenset({"already-evaluated", "patient-declines"})
 
 _CARD_NAMESPACE = uuid.UUID("6f1c2a4e-8f55-4d0e-9a0b-2b1c7d7e5a10")
 _INDICATOR = {"possible": "info", "likely": "warning"}
-_EVIDENCE_WORDS = {
-    "strong": "strong",
-    "moderate": "moderate",
-    "weak": "weak",
-    "hypothesis": "hypothesis-level",
-    "expert": "expert judgement",
-}
 _REASON_TYPES = ("Condition", "Observation")  # what ServiceRequest.reasonReference may point to
 
 
@@ -68,76 +62,131 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _finding_rows(model: Model, contributions: Sequence[Contribution]) -> list[str]:
-    rows = ["| Finding | Recorded in | Date | Points | Basis |", "|---|---|---|---|---|"]
-    for c in contributions:
-        signal = c.signal
-        refs = c.references()
-        shown = ", ".join(f"`{r}`" for r in refs[:3]) + (f" and {len(refs) - 3} more" if len(refs) > 3 else "")
-        if c.patient_reference and not c.evidence:
-            shown = "age from the patient's birth date"
-        latest = c.latest()
-        when = latest.isoformat() if latest else ("at assessment" if c.patient_reference and not c.evidence else "not recorded")
-        figure = str(signal.ratio) if signal.ratio else "no published figure"
-        sources = "; ".join(model.short_citations[s] for s in signal.sources)
-        basis = f"{_EVIDENCE_WORDS[signal.evidence]} evidence, {figure}. {signal.why} ({sources})"
-        rows.append(f"| {_md(signal.label)} | {shown} | {when} | {signal.weight:+.2f} | {_md(basis)} |")
-    return rows
+_FAMILY_NAMES = {"icd10cm": "ICD-10-CM", "snomed": "SNOMED CT", "loinc": "LOINC", "cpt": "CPT"}
 
 
-def detail_markdown(model: Model, assessment: Assessment, orders: Sequence[Intervention] = ()) -> str:
+def _code(model: Model, evidence: Evidence) -> str:
+    family = _FAMILY_NAMES.get(model.index.family(evidence.coding.system))
+    return f"{family} {evidence.coding.code}" if family else evidence.coding.code
+
+
+def _entry_age(model: Model, when: date | None, today: date) -> str:
+    if when is None:
+        return "undated"
+    days = (today - when).days
+    if days < 0:
+        return f"dated {when.isoformat()}"
+    text = f"{days} d ago" if days < 62 else f"{days // 30} mo ago" if days < 730 else f"{days // 365} y ago"
+    return text + (" (old)" if days > int(model.detail["old_entry_days"]) else "")
+
+
+def _side(evidence: Evidence, knee_side: str | None) -> str:
+    side = evidence.laterality
+    if side is None:
+        return "side not stated"
+    if side == "bilateral":
+        return "both sides"
+    if knee_side in ("right", "left"):
+        return f"{side} ({'same as' if side == knee_side else 'opposite'} knee)"
+    return side
+
+
+def _entry(model: Model, evidence: Evidence, assessment: Assessment) -> str:
+    """One record entry as the record has it: its words and code, statuses, side and age."""
+    status = evidence.status or "no status"
+    if evidence.verification:
+        status += f"/{evidence.verification}"
+    when = _entry_age(model, evidence.date, assessment.as_of)
+    return f"{_md(evidence.name)} ({_code(model, evidence)}), {status}, {_side(evidence, assessment.knee_laterality)}, {when}"
+
+
+def _is_interaction(c: Contribution) -> bool:
+    return bool(c.signal.requires_all or c.signal.requires_any)
+
+
+def _contribution_lines(model: Model, contributions: Sequence[Contribution], assessment: Assessment) -> list[str]:
+    """One line per record entry, each entry once; an interaction adds its points to the entry it brings
+    (thigh symptoms for the L3/L4 picture) or a line of its own; what a stronger signal counted adds nothing.
+    A captioned group (the seed signs) is one line: its entries, their points together, and its caption."""
+    shown: set[str] = set()
+    lines: list[str] = []
+    captioned: dict[str, list[Contribution]] = {}
+    # the record's entries first, then what interactions add on top of them
+    for c in sorted(contributions, key=_is_interaction):
+        if model.groups[c.signal.group].caption:
+            captioned.setdefault(c.signal.group, []).append(c)
+            continue
+        new = [e for e in c.evidence if e.reference not in shown]
+        shown.update(e.reference for e in c.evidence)
+        interaction = _is_interaction(c)
+        if interaction and not c.points:
+            continue
+        points = f"counted with {model.signals[c.counted_with].label.lower()}" if c.counted_with else f"{c.points:+.2f}"
+        if interaction:
+            head = f"{_entry(model, new[0], assessment)}; {c.signal.label}" if new else c.signal.label
+            lines.append(f"- {head} [{points}]")
+        elif new:
+            more = f" (+{len(new) - 1} more)" if len(new) > 1 else ""
+            lines.append(f"- {_entry(model, new[0], assessment)}{more} [{points}]")
+    for group, members in captioned.items():
+        entries = dict.fromkeys(e for c in members for e in c.evidence if e.reference not in shown)
+        named = "; ".join(f"{_md(e.name)} ({_code(model, e)})" for e in entries)
+        total = sum(c.points for c in members)
+        lines.append(f"- {named} [{total:+.2f} together: {model.groups[group].caption}]")
+    return lines
+
+
+def detail_markdown(model: Model, assessment: Assessment, options: CardOptions, orders: Sequence[Intervention] = ()) -> str:
+    """A card a clinician checks in seconds: the record's own entries, one line each; the reasons for
+    each weight and the citations are on the model page the card links to."""
+    limit = int(model.detail["max_findings_shown"])
     lines: list[str] = []
     if orders:
-        listed = ", ".join(f"{o.coding.display or o.coding.code} (`{o.reference}`)" for o in orders)
+        listed = ", ".join(o.coding.display or o.coding.code for o in orders)
         lines += [f"**Knee-directed order drafted:** {_md(listed)}.", ""]
-    bands = model.bands
-    lines += [
-        f"**Assessment: {assessment.band}** spinal origin (score {assessment.score:+.2f}; "
-        f"`possible` from {bands['possible']:g}, `likely` from {bands['likely']:g}). "
-        "An evidence-based rule, not a validated predictor: review the findings below.",
-        "",
-    ]
-    if assessment.findings:
-        lines += ["**Findings that point to the lumbar spine**", "", *_finding_rows(model, assessment.findings), ""]
+    complaint = [e for e in assessment.knee_complaint if e.value_set != "pain_severity"]
+    if complaint:
+        lines.append(f"**Knee complaint:** {_entry(model, complaint[0], assessment)}.")
+    findings = [c for c in assessment.findings if c.evidence]
+    if findings:
+        rows = _contribution_lines(model, findings, assessment)
+        lines += ["", "**For a lumbar source:**", *rows[:limit]]
+        if len(rows) > limit:
+            lines.append(f"- and {len(rows) - limit} more")
+    if assessment.not_counted:
+        aside = "; ".join(f"{_md(n.evidence.name)} ({n.reason})" for n in assessment.not_counted[:3])
+        lines += ["", f"**Not counted:** {aside}."]
     if assessment.alternatives:
-        lines += ["**Alternative explanations found**", "", *_finding_rows(model, assessment.alternatives), ""]
-        for c in assessment.alternatives:
-            if c.signal.advice:
-                lines += [f"- Consider: {c.signal.advice}"]
-        lines.append("")
+        lines += ["", "**Against:**", *_contribution_lines(model, assessment.alternatives, assessment)[:3]]
+        lines += [f"- Consider: {c.signal.advice}" for c in assessment.alternatives if c.signal.advice]
     if assessment.missing_inputs:
-        lines += ["**Expected inputs not in the record**", "", *(f"- {m}" for m in assessment.missing_inputs), ""]
+        lines += ["", f"**Not in the record:** {'; '.join(assessment.missing_inputs)}."]
     if assessment.notes:
-        lines += ["**Data quality**", "", *(f"- {_md(n)}" for n in assessment.notes[:10]), ""]
-        if len(assessment.notes) > 10:
-            lines.append(f"- and {len(assessment.notes) - 10} more notes")
-            lines.append("")
-    lines += [_NO_RED_FLAG_SCREENING, ""]
+        lines += ["", f"**Data quality:** {len(assessment.notes)} note(s); the first: {_md(assessment.notes[0])}"]
+    if assessment.band == "possible":
+        lines += ["", str(model.detail["examine_first"]).strip()]
     identity = assessment.model
-    lines.append(f"Model `{identity['id']}` {identity['version']} (`{identity['hash'][:19]}`).")
+    lines += [
+        "",
+        f"**{assessment.band.capitalize() if assessment.band else ''}**: a rule, not a validated predictor. "
+        f"{_NO_RED_FLAG_SCREENING} [Why, sources]({options.docs_url}), model {identity['version']}.",
+    ]
     return "\n".join(lines)
 
 
-_NO_RED_FLAG_SCREENING = (
-    "This assessment does not screen for red flags (cauda equina, infection, fracture, malignancy, "
-    "new weakness): assess those as usual."
-)
-
-
-def _red_flag_name(evidence: Evidence) -> str:
-    return evidence.coding.display or evidence.coding.code
+_NO_RED_FLAG_SCREENING = "It does not screen for red flags."
 
 
 def red_flag_card(assessment: Assessment, options: CardOptions, *, hook: str, instance: str | None) -> dict[str, Any]:
     """The one card for a record that holds a red flag: it names the diagnosis and asks for urgent
     assessment; no spine-origin assessment and no referral suggestion while the red flag stands."""
-    first = _red_flag_name(assessment.red_flags[0])
+    first = assessment.red_flags[0].name
     summary = f"Red flag in the record: {first}. Needs urgent assessment"
     if len(summary) >= 140:
         summary = "Red flag in the record: needs urgent assessment"
     rows = [
-        f"- {_md(_red_flag_name(e))} (`{e.coding.code}`, {e.status or 'status not recorded'}"
-        f"{', ' + e.date.isoformat() if e.date else ''}; `{e.reference}`)"
+        f"- {_md(e.name)} (`{e.coding.code}`, {e.status or 'status not recorded'}"
+        f"{'/' + e.verification if e.verification else ''}{', ' + e.date.isoformat() if e.date else ''})"
         for e in assessment.red_flags
     ]
     detail = "\n".join(
@@ -162,22 +211,44 @@ def red_flag_card(assessment: Assessment, options: CardOptions, *, hook: str, in
     return pruned
 
 
-def referral_resource(model: Model, assessment: Assessment, *, patient_reference: str, user_id: str | None) -> dict[str, Any]:
-    """The draft ServiceRequest a suggestion creates."""
+def _summary(assessment: Assessment, *, order_hook: bool) -> str:
+    """The card's one line, about this patient: the knee side and the record's own main spinal finding."""
+    knee = {"right": "Right knee pain", "left": "Left knee pain", "bilateral": "Knee pain on both sides"}.get(
+        assessment.knee_laterality or "", "Knee pain"
+    )
+    counted = [c for c in sorted(assessment.findings, key=_is_interaction) if c.points > 0 and c.signal.spinal]
+    entries = [e.name for c in counted for e in c.evidence[:1]]
+    names = list(dict.fromkeys(entries))[:2]
+    finding = " and ".join(names).lower() if names else "spinal findings"
+    if order_hook:
+        head, tail = f"Knee order drafted; {knee.lower()}", "consider the lumbar spine first"
+    elif assessment.band == "likely":
+        head, tail = knee, "consider a lumbar spine source"
+    else:
+        head, tail = knee, "consider examining for a lumbar spine source"
+    text = f"{head} with {finding}: {tail}"
+    return text if len(text) < 140 else f"{head}: {tail}"
+
+
+def referral_resource(
+    model: Model, assessment: Assessment, *, patient_reference: str, user_id: str | None, suggestion_uuid: str
+) -> dict[str, Any]:
+    """The draft ServiceRequest a suggestion creates: what a spine clinic needs to triage it."""
     referral = model.referral
-    reasons = [
-        ref
-        for c in assessment.findings
-        for ref in c.references()
-        if ref.split("/", 1)[0] in _REASON_TYPES and not ref.startswith("urn:")
-    ]
+    complaint = [e.reference for e in assessment.knee_complaint if e.value_set != "pain_severity"]
+    spinal = [ref for c in assessment.findings if c.signal.spinal for ref in c.references()]
+    reasons = [ref for ref in dict.fromkeys([*complaint, *spinal]) if ref.split("/", 1)[0] in _REASON_TYPES]
     resource: dict[str, Any] = {
         "resourceType": "ServiceRequest",
+        # once signed, the identifier tells the service this is its own suggestion, whatever the EHR keeps
+        "identifier": [{"system": SUGGESTION_IDENTIFIER_SYSTEM, "value": suggestion_uuid}],
         "status": "draft",
         "intent": "order",
-        "code": {"coding": [referral.code.as_fhir()], "text": referral.code.display or "Referral for spine evaluation"},
+        "priority": referral.priority,
+        "category": [{"coding": [referral.category.as_fhir()]}] if referral.category else None,
+        "code": {"coding": [referral.code.as_fhir()], "text": referral.text},
         "subject": {"reference": patient_reference},
-        "reasonReference": [{"reference": r} for r in dict.fromkeys(reasons)],
+        "reasonReference": [{"reference": r} for r in reasons],
         "note": [{"text": f"Suggested for lumbar spine evaluation of knee pain. {assessment.summary()}"}],
     }
     if referral.performer_type:
@@ -201,7 +272,8 @@ def build_cards(
     knee_orders: Sequence[Intervention] = (),
 ) -> list[dict[str, Any]]:
     """Zero or one card: a red-flag warning when the record holds one, else none unless the assessment is
-    actionable; for order hooks only when a knee order is drafted."""
+    actionable; for order hooks only when a knee order is drafted. Only a `likely` card offers the
+    referral; a `possible` one advises examining first."""
     is_order_hook = hook in ("order-select", "order-sign")
     if is_order_hook and not knee_orders:
         return []
@@ -210,32 +282,30 @@ def build_cards(
     if not assessment.actionable or assessment.band is None:
         return []
     patient_reference = f"Patient/{patient_id}" if patient_id else assessment.patient_reference or "Patient/unknown"
-    if is_order_hook:
-        summary = "Knee order drafted: knee pain may be referred from the lumbar spine. Consider spine evaluation first"
-    else:
-        summary = "Knee pain may be referred from the lumbar spine: consider spine evaluation"
     card_key = hook  # order-select and order-sign may share a hookInstance: their uuids must differ
-    suggestion = {
-        "label": "Consider a referral for lumbar spine evaluation",
-        "uuid": _uuid(instance, card_key, "suggestion"),
-        "isRecommended": False,
-        "actions": [
-            {
-                "type": "create",
-                "description": "Create a draft referral for lumbar spine evaluation",
-                "resource": referral_resource(model, assessment, patient_reference=patient_reference, user_id=user_id),
-            }
-        ],
-    }
-    card = {
+    card: dict[str, Any] = {
         "uuid": _uuid(instance, card_key),
-        "summary": summary,
-        "detail": detail_markdown(model, assessment, knee_orders if is_order_hook else ()),
+        "summary": _summary(assessment, order_hook=is_order_hook),
+        "detail": detail_markdown(model, assessment, options, knee_orders if is_order_hook else ()),
         "indicator": _INDICATOR[assessment.band],
         "source": {"label": options.source_label, "url": options.docs_url, "topic": TOPIC},
-        "suggestions": [suggestion],
-        "selectionBehavior": "at-most-one",
         "overrideReasons": list(OVERRIDE_REASONS),
         "links": [{"label": "How this assessment works", "url": options.docs_url, "type": "absolute"}],
     }
+    if assessment.band == "likely":
+        suggestion_uuid = _uuid(instance, card_key, "suggestion")
+        resource = referral_resource(
+            model, assessment, patient_reference=patient_reference, user_id=user_id, suggestion_uuid=suggestion_uuid
+        )
+        card["suggestions"] = [
+            {
+                "label": "Consider a referral for lumbar spine evaluation",
+                "uuid": suggestion_uuid,
+                "isRecommended": False,
+                "actions": [
+                    {"type": "create", "description": "Create a draft referral for lumbar spine evaluation", "resource": resource}
+                ],
+            }
+        ]
+        card["selectionBehavior"] = "at-most-one"
     return [prune(card)]

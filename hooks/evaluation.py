@@ -12,9 +12,10 @@ from typing import Any
 import orjson
 
 from hooks.assessment import Assessment, Assessor
+from hooks.cards import CardOptions, build_cards
 from hooks.fhir import RecordReader, patient_id_of, read_record
 from hooks.model import Model
-from hooks.synthetic import PROFILES, generate
+from hooks.synthetic import PROFILES, Profile, generate
 
 
 def outcome(assessment: Assessment) -> str:
@@ -28,12 +29,28 @@ def outcome(assessment: Assessment) -> str:
     return assessment.band or "unlikely"
 
 
+def card_of(model: Model, assessment: Assessment) -> str:
+    """The patient-view card a clinician would see, in a few words."""
+    cards = build_cards(model, assessment, CardOptions(docs_url="about:blank"), hook="patient-view", patient_id="p")
+    if not cards:
+        return "none"
+    card = cards[0]
+    if not assessment.actionable:
+        return f"{card['indicator']}: red flag, no referral"
+    offer = "referral offered" if card.get("suggestions") else "examine first, no referral"
+    return f"{card['indicator']}: {offer}"
+
+
 @dataclass(frozen=True)
 class ProfileResult:
-    profile: str
-    expected: str
+    profile: Profile
     outcome: str
+    card: str
     assessment: Assessment
+
+    @property
+    def expected(self) -> str:
+        return self.profile.expected
 
     @property
     def ok(self) -> bool:
@@ -46,7 +63,7 @@ def evaluate_profiles(model: Model, today: date, seed: int = 0) -> list[ProfileR
     for profile in PROFILES:
         resources = generate(profile, seed=seed, today=today)
         assessment = assessor.assess(read_record(model, resources), today)
-        results.append(ProfileResult(profile.name, profile.expected, outcome(assessment), assessment))
+        results.append(ProfileResult(profile, outcome(assessment), card_of(model, assessment), assessment))
     return results
 
 

@@ -26,6 +26,10 @@ RELEVANT_TYPES = frozenset({"Patient", "Condition", "Observation", "Procedure", 
 
 _MISSING_STATUS = object()
 
+# the identifier the service writes into the referral a card drafts, so that once signed it is known
+# as the card's own suggestion whatever its code or reasons
+SUGGESTION_IDENTIFIER_SYSTEM = "urn:spine-cds:suggestion"
+
 
 @dataclass(frozen=True, slots=True)
 class Evidence:
@@ -42,6 +46,13 @@ class Evidence:
     value: float | None = None
     # False for an examination that was recorded but normal; True for every diagnosis
     positive: bool = True
+    # the resource's own words for the code (`code.text`), when it has them
+    text: str | None = None
+
+    @property
+    def name(self) -> str:
+        """What the record calls it: the coding's display, else the code's text, else the code."""
+        return self.coding.display or self.text or self.coding.code
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +69,10 @@ class Intervention:
     reason_value_sets: frozenset[str] = frozenset()
     reason_references: tuple[str, ...] = ()
     body_site_value_sets: frozenset[str] = frozenset()
+    # reasonCode text and displays and reasonReference displays, lower-cased
+    reason_texts: tuple[str, ...] = ()
+    # drafted by this service's card (its identifier system is SUGGESTION_IDENTIFIER_SYSTEM)
+    own_suggestion: bool = False
 
 
 @dataclass
@@ -355,6 +370,7 @@ class RecordReader:
             self.record.notes.append(f"{reference} has no clinical status; it was read as active.")
             clinical = "active"
         when = _first_date(resource, *_DATE_PATHS["Condition"])
+        text = _code_text(resource)
         for value_set, coding in matches:
             self._add_evidence(
                 Evidence(
@@ -366,6 +382,7 @@ class RecordReader:
                     status=str(clinical),
                     verification=None if verification is _MISSING_STATUS else str(verification),
                     laterality=self._laterality(resource, value_set, coding),
+                    text=text,
                 )
             )
 
@@ -377,12 +394,16 @@ class RecordReader:
             return
         when = _first_date(resource, *_DATE_PATHS["Observation"])
         value = _numeric_value(resource)
+        text = _code_text(resource)
         for value_set, coding in matches:
+            rule = self.model.value_sets[value_set].positive_when
             positive = True
-            if value_set == "strength_exam":
+            if rule == "below_normal_grade":
                 positive = value is not None and value < self.model.strength_grade_normal
-            elif value_set == "neuro_exam":
-                positive = self._positive_result(resource)
+            elif rule == "positive":
+                positive = resource.get("valueBoolean") is True or self._result_in(resource, "positive_result")
+            elif rule == "reduced":
+                positive = self._result_in(resource, "reduced_result")
             self._add_evidence(
                 Evidence(
                     value_set=value_set,
@@ -394,20 +415,18 @@ class RecordReader:
                     laterality=self._laterality(resource, value_set, coding),
                     value=value,
                     positive=positive,
+                    text=text,
                 )
             )
 
-    def _positive_result(self, resource: Mapping[str, Any]) -> bool:
-        if resource.get("valueBoolean") is True:
-            return True
+    def _result_in(self, resource: Mapping[str, Any], value_set: str) -> bool:
+        """Whether the value or an interpretation of an examination is coded in `value_set`."""
         concepts = [resource.get("valueCodeableConcept")]
         interpretations = resource.get("interpretation")
         if isinstance(interpretations, list):
             concepts.extend(interpretations)
         return any(
-            "positive_result" in self.index.lookup(c.get("system"), c.get("code"))
-            for concept in concepts
-            for c in _codings(concept)
+            value_set in self.index.lookup(c.get("system"), c.get("code")) for concept in concepts for c in _codings(concept)
         )
 
     def _procedure(self, resource: Mapping[str, Any], reference: str, matches: list[tuple[str, Coding]]) -> None:
@@ -434,6 +453,34 @@ class RecordReader:
             return
         when = _first_date(resource, *_DATE_PATHS["ServiceRequest"])
         self.record.interventions.append(read_intervention(self.model, resource, reference, matches, when))
+
+
+def _code_text(resource: Mapping[str, Any]) -> str | None:
+    concept = resource.get("code")
+    text = concept.get("text") if isinstance(concept, dict) else None
+    return text if isinstance(text, str) and text.strip() else None
+
+
+def _reason_texts(resource: Mapping[str, Any]) -> tuple[str, ...]:
+    texts: list[Any] = []
+    codes, references = resource.get("reasonCode"), resource.get("reasonReference")
+    for concept in codes if isinstance(codes, list) else ():
+        if not isinstance(concept, dict):
+            continue
+        texts.append(concept.get("text"))
+        texts.extend(c.get("display") for c in _codings(concept))
+    for reason in references if isinstance(references, list) else ():
+        if isinstance(reason, dict):
+            texts.append(reason.get("display"))
+    return tuple(t.lower() for t in texts if isinstance(t, str) and t.strip())
+
+
+def _is_own_suggestion(resource: Mapping[str, Any]) -> bool:
+    identifiers = resource.get("identifier")
+    return any(
+        isinstance(i, dict) and i.get("system") == SUGGESTION_IDENTIFIER_SYSTEM
+        for i in (identifiers if isinstance(identifiers, list) else ())
+    )
 
 
 def _numeric_value(resource: Mapping[str, Any]) -> float | None:
@@ -476,6 +523,8 @@ def read_intervention(
         reason_value_sets=_concept_value_sets(model, resource.get("reasonCode")),
         reason_references=reason_refs,
         body_site_value_sets=_concept_value_sets(model, resource.get("bodySite")),
+        reason_texts=_reason_texts(resource),
+        own_suggestion=resource.get("resourceType") == "ServiceRequest" and _is_own_suggestion(resource),
     )
 
 

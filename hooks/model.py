@@ -23,6 +23,9 @@ MODEL_FILE = "spine-knee-model.yaml"
 
 EvidenceGrade = Literal["strong", "moderate", "weak", "hypothesis", "expert"]
 SignalKind = Literal["finding", "alternative"]
+GroupRule = Literal["strongest", "cap", "sum"]
+# how an examination Observation counts as positive: a grade below normal, a positive or a reduced result
+PositiveWhen = Literal["below_normal_grade", "positive", "reduced"]
 
 # Value-set fields that name a code system family; `other` maps full system URIs to codes.
 _FAMILY_FIELDS = ("icd10cm", "snomed", "loinc", "cpt")
@@ -69,6 +72,19 @@ class ValueSet:
     label: str
     sources: tuple[str, ...]
     laterality: Mapping[str, str] = field(default_factory=dict)
+    positive_when: PositiveWhen | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Signals that describe one episode: `strongest` counts only the strongest that fires, `cap` limits
+    their sum, `sum` adds them all; `superseded_by` groups, once fired, make this one add nothing."""
+
+    key: str
+    rule: GroupRule
+    cap: float | None = None
+    superseded_by: tuple[str, ...] = ()
+    caption: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +96,13 @@ class Signal:
     evidence: EvidenceGrade
     sources: tuple[str, ...]
     why: str
+    group: str
     value_sets: tuple[str, ...] = ()
     requires_all: tuple[str, ...] = ()
     requires_any: tuple[str, ...] = ()
-    age_over: int | None = None
+    # a counted `spinal` signal opens the `possible` gate, a `mid_lumbar` one the `likely` gate
+    spinal: bool = False
+    mid_lumbar: bool = False
     resolved_counts_within_days: int | None = None
     ratio: Ratio | None = None
     advice: str | None = None
@@ -146,6 +165,9 @@ class CodeIndex:
 class Referral:
     code: Coding
     performer_type: Coding | None
+    text: str = "Lumbar spine evaluation"
+    priority: str = "routine"
+    category: Coding | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +180,7 @@ class Model:
     bands: Mapping[str, float]
     value_sets: Mapping[str, ValueSet]
     signals: Mapping[str, Signal]
+    groups: Mapping[str, Group]
     expected_inputs: tuple[ExpectedInput, ...]
     index: CodeIndex
     referral: Referral
@@ -175,6 +198,18 @@ class Model:
     @property
     def condition_rules(self) -> Mapping[str, Any]:
         return self._section("condition_rules")
+
+    @property
+    def detail(self) -> Mapping[str, Any]:
+        return self._section("detail")
+
+    @property
+    def gates(self) -> Mapping[str, str]:
+        return self._section("gates")
+
+    @property
+    def changelog(self) -> list[Mapping[str, Any]]:
+        return list(self.document.get("changelog") or [])
 
     def _section(self, name: str) -> Mapping[str, Any]:
         section = self.document[name]
@@ -261,7 +296,26 @@ def _build(document: dict[str, Any]) -> Model:
             for code in codes:
                 index.add(key, system, str(code))
         laterality = {normalize_code("icd10cm", str(c)): side for c, side in (raw.get("laterality") or {}).items()}
-        value_sets[key] = ValueSet(key, raw["label"], tuple(raw.get("sources", [])), laterality)
+        positive_when = raw.get("positive_when")
+        if positive_when not in (None, "below_normal_grade", "positive", "reduced"):
+            raise ModelConfigError(f"value_sets.{key}.positive_when: unknown rule {positive_when!r}")
+        value_sets[key] = ValueSet(key, raw["label"], tuple(raw.get("sources", [])), laterality, positive_when)
+
+    groups: dict[str, Group] = {}
+    for key, raw in (document.get("groups") or {}).items():
+        if raw.get("rule") not in ("strongest", "cap", "sum") or (raw["rule"] == "cap") != ("cap" in raw):
+            raise ModelConfigError(f"groups.{key}: rule must be strongest, sum, or cap with a `cap`")
+        groups[key] = Group(
+            key,
+            raw["rule"],
+            float(raw["cap"]) if "cap" in raw else None,
+            tuple(raw.get("superseded_by", [])),
+            raw.get("caption"),
+        )
+    for group in groups.values():
+        for other in group.superseded_by:
+            if other not in groups:
+                raise ModelConfigError(f"groups.{group.key}.superseded_by: unknown group {other!r}")
 
     signals: dict[str, Signal] = {}
     for key, raw in document["signals"].items():
@@ -271,6 +325,8 @@ def _build(document: dict[str, Any]) -> Model:
         for src in raw["sources"]:
             if src not in citations:
                 raise ModelConfigError(f"signals.{key}: unknown citation {src!r}")
+        if raw.get("group") not in groups:
+            raise ModelConfigError(f"signals.{key}: unknown group {raw.get('group')!r}")
         ratio = raw.get("ratio")
         signals[key] = Signal(
             key=key,
@@ -280,10 +336,12 @@ def _build(document: dict[str, Any]) -> Model:
             evidence=raw["evidence"],
             sources=tuple(raw["sources"]),
             why=" ".join(str(raw["why"]).split()),
+            group=str(raw["group"]),
             value_sets=tuple(raw.get("value_sets", [])),
             requires_all=tuple(raw.get("requires_all", [])),
             requires_any=tuple(raw.get("requires_any", [])),
-            age_over=raw.get("age_over"),
+            spinal=bool(raw.get("spinal", False)),
+            mid_lumbar=bool(raw.get("mid_lumbar", False)),
             resolved_counts_within_days=raw.get("resolved_counts_within_days"),
             ratio=Ratio(ratio["measure"], float(ratio["value"]), ratio.get("ci")) if ratio else None,
             advice=" ".join(str(raw["advice"]).split()) if raw.get("advice") else None,
@@ -297,7 +355,12 @@ def _build(document: dict[str, Any]) -> Model:
         performer_type=_coding(referral_raw["performer_type"], "referral.performer_type")
         if referral_raw.get("performer_type")
         else None,
+        text=str(referral_raw.get("text") or "Lumbar spine evaluation"),
+        priority=str(referral_raw.get("priority") or "routine"),
+        category=_coding(referral_raw["category"], "referral.category") if referral_raw.get("category") else None,
     )
+    if referral.priority not in ("routine", "urgent", "asap", "stat"):
+        raise ModelConfigError("referral.priority: expected routine, urgent, asap or stat")
     bands = {k: float(v) for k, v in document["bands"].items()}
     if "possible" not in bands or "likely" not in bands or not bands["possible"] < bands["likely"]:
         raise ModelConfigError("bands: 'possible' must be below 'likely'")
@@ -310,6 +373,7 @@ def _build(document: dict[str, Any]) -> Model:
         bands=bands,
         value_sets=value_sets,
         signals=signals,
+        groups=groups,
         expected_inputs=expected,
         index=index,
         referral=referral,

@@ -18,6 +18,7 @@ from typing import IO, Any, cast
 SNOMED = "http://snomed.info/sct"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
+CPT = "http://www.ama-assn.org/go/cpt"
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 
@@ -112,6 +113,8 @@ class Factory:
         status: str = "active",
         days_ago: int = 10,
         body_site: tuple[str, str] | None = None,
+        reason_text: str | None = None,
+        identifier: tuple[str, str] | None = None,
     ) -> Resource:
         resource: Resource = {
             "resourceType": "ServiceRequest",
@@ -124,6 +127,10 @@ class Factory:
         }
         if body_site:
             resource["bodySite"] = [{"coding": [{"system": SNOMED, "code": body_site[0], "display": body_site[1]}]}]
+        if reason_text:
+            resource["reasonCode"] = [{"text": reason_text}]
+        if identifier:
+            resource["identifier"] = [{"system": identifier[0], "value": identifier[1]}]
         return resource
 
     def noise(self, count: int) -> list[Resource]:
@@ -307,6 +314,122 @@ def elderly_stenosis(f: Factory) -> list[Resource]:
     ]
 
 
+def co_occurrence_only(f: Factory) -> list[Resource]:
+    return [
+        f.patient(75),
+        _knee_pain(f, "icd10"),
+        f.condition(ICD10, "M54.50", "Low back pain, unspecified", onset_days_ago=700),
+        f.condition(ICD10, "M20.11", "Hallux valgus (acquired), right foot", onset_days_ago=1500),
+        f.condition(ICD10, "M21.41", "Flat foot [pes planus] (acquired), right foot", onset_days_ago=1500),
+        f.condition(ICD10, "M62.81", "Muscle weakness (generalized)", onset_days_ago=120),
+    ]
+
+
+def l3_l4_with_knee_oa(f: Factory, coding: str = "icd10") -> list[Resource]:
+    if coding == "snomed":
+        spine = [
+            f.condition(SNOMED, "128196005", "Lumbar radiculopathy", onset_days_ago=150),
+            f.condition(SNOMED, "78514002", "Thigh pain", onset_days_ago=60, body_site="right thigh"),
+            f.condition(SNOMED, "239873007", "Osteoarthritis of knee", onset_days_ago=900, body_site="right knee"),
+        ]
+    else:
+        spine = [
+            f.condition(ICD10, "M54.16", "Radiculopathy, lumbar region", onset_days_ago=150),
+            f.condition(ICD10, "M79.651", "Pain in right thigh", onset_days_ago=60),
+            f.condition(ICD10, "M17.11", "Unilateral primary osteoarthritis, right knee", onset_days_ago=900),
+        ]
+    return [f.patient(71), _knee_pain(f, coding), *spine]
+
+
+def disc_displacement_thigh(f: Factory) -> list[Resource]:
+    return [
+        f.patient(52, "male"),
+        _knee_pain(f, "icd10"),
+        f.condition(ICD10, "M51.26", "Other intervertebral disc displacement, lumbar region", onset_days_ago=120),
+        f.condition(ICD10, "M79.651", "Pain in right thigh", onset_days_ago=90),
+    ]
+
+
+def side_mismatch(f: Factory) -> list[Resource]:
+    return [
+        f.patient(60),
+        _knee_pain(f, "icd10"),
+        f.condition(ICD10, "M54.42", "Lumbago with sciatica, left side", onset_days_ago=200),
+        f.condition(ICD10, "M79.652", "Pain in left thigh", onset_days_ago=100),
+    ]
+
+
+def differential_diagnoses(f: Factory) -> list[Resource]:
+    return [
+        f.patient(57),
+        _knee_pain(f, "icd10"),
+        f.condition(ICD10, "M54.16", "Radiculopathy, lumbar region", verification="differential", onset_days_ago=20),
+        f.condition(ICD10, "M51.26", "Other intervertebral disc displacement, lumbar region", verification="differential"),
+        f.condition(ICD10, "M79.651", "Pain in right thigh", onset_days_ago=20),
+    ]
+
+
+def double_coded_episode(f: Factory) -> list[Resource]:
+    return [
+        f.patient(49),
+        _knee_pain(f, "icd10"),
+        f.condition(ICD10, "M54.50", "Low back pain, unspecified", onset_days_ago=100),
+        f.condition(ICD10, "M54.41", "Lumbago with sciatica, right side", onset_days_ago=100),
+    ]
+
+
+def post_spine_surgery(f: Factory) -> list[Resource]:
+    return [*radiculopathy_knee_pain(f), f.procedure(CPT, "63047", "Laminectomy, lumbar", days_ago=90)]
+
+
+def referral_with_spinal_reason_text(f: Factory) -> list[Resource]:
+    return [
+        *radiculopathy_knee_pain(f),
+        f.service_request(SNOMED, "308481009", "Referral to orthopedic surgeon", reason_text="Lumbar radiculopathy"),
+    ]
+
+
+def own_referral_signed(f: Factory) -> list[Resource]:
+    signed = f.service_request(
+        SNOMED, "308481009", "Referral to orthopedic surgeon", identifier=("urn:spine-cds:suggestion", f.new_id())
+    )
+    return [*radiculopathy_knee_pain(f), signed]
+
+
+def femoral_nerve_lesion(f: Factory) -> list[Resource]:
+    return [
+        f.patient(63),
+        _knee_pain(f, "icd10"),
+        f.condition(ICD10, "G57.21", "Lesion of femoral nerve, right lower limb", onset_days_ago=80),
+        f.condition(ICD10, "R29.2", "Abnormal reflex", onset_days_ago=80),
+        f.condition(ICD10, "M79.651", "Pain in right thigh", onset_days_ago=80),
+    ]
+
+
+def healed_ankle_fracture(f: Factory) -> list[Resource]:
+    return [
+        *radiculopathy_knee_pain(f, "icd10"),
+        f.condition(
+            ICD10,
+            "S82.51XD",
+            "Displaced fracture of medial malleolus of right tibia, subsequent encounter",
+            clinical="resolved",
+            onset_days_ago=200,
+        ),
+    ]
+
+
+def sciatica_with_seed_signs(f: Factory) -> list[Resource]:
+    return [
+        f.patient(66),
+        _knee_pain(f, "icd10"),
+        f.condition(ICD10, "M54.31", "Sciatica, right side", onset_days_ago=300),
+        f.condition(ICD10, "M20.11", "Hallux valgus (acquired), right foot", onset_days_ago=1500),
+        f.condition(ICD10, "M21.41", "Flat foot [pes planus] (acquired), right foot", onset_days_ago=1500),
+        f.condition(ICD10, "M62.551", "Muscle wasting and atrophy, not elsewhere classified, right thigh"),
+    ]
+
+
 def noisy_record(f: Factory, noise: int = 400) -> list[Resource]:
     core = radiculopathy_knee_pain(f)
     return [core[0], *f.noise(noise // 2), *core[1:], *f.noise(noise - noise // 2)]
@@ -327,7 +450,58 @@ PROFILES: tuple[Profile, ...] = (
         "likely",
         radiculopathy_knee_pain,
     ),
-    Profile("bunion-back-weakness", "knee pain, bunion, low back pain, muscle weakness", "possible", bunion_back_weakness),
+    Profile(
+        "bunion-back-weakness",
+        "knee pain, bunion, low back pain, muscle weakness: co-occurrence",
+        "unlikely",
+        bunion_back_weakness,
+    ),
+    Profile(
+        "co-occurrence-only",
+        "75 years old, knee and back pain, bunion, flat foot, weakness; no spinal finding",
+        "unlikely",
+        co_occurrence_only,
+    ),
+    Profile("l3-l4-knee-oa", "lumbar radiculopathy with right thigh pain beside right knee OA", "likely", l3_l4_with_knee_oa),
+    Profile(
+        "l3-l4-knee-oa-snomed", "the same L3/L4 picture coded in SNOMED CT", "likely", lambda f: l3_l4_with_knee_oa(f, "snomed")
+    ),
+    Profile(
+        "disc-displacement-thigh", "lumbar disc displacement (M51.26) with right thigh pain", "likely", disc_displacement_thigh
+    ),
+    Profile("side-mismatch", "right knee pain; left sciatica and left thigh pain", "unlikely", side_mismatch),
+    Profile(
+        "differential-diagnoses",
+        "radiculopathy and disc displacement recorded only as differentials",
+        "unlikely",
+        differential_diagnoses,
+    ),
+    Profile(
+        "double-coded-episode",
+        "one back episode coded twice: low back pain and lumbago with sciatica",
+        "possible",
+        double_coded_episode,
+    ),
+    Profile(
+        "sciatica-seed-signs",
+        "right sciatica (L5/S1) with bunion, flat foot, thigh wasting",
+        "possible",
+        sciatica_with_seed_signs,
+    ),
+    Profile("femoral-nerve-lesion", "femoral nerve lesion, abnormal reflex and thigh pain", "unlikely", femoral_nerve_lesion),
+    Profile("healed-ankle-fracture", "radiculopathy profile with a healed ankle fracture", "likely", healed_ankle_fracture),
+    Profile(
+        "post-spine-surgery", "radiculopathy profile after a lumbar laminectomy 90 days ago", "suppressed", post_spine_surgery
+    ),
+    Profile(
+        "referral-reason-text",
+        "radiculopathy profile with an orthopaedic referral for 'lumbar radiculopathy' in text",
+        "suppressed",
+        referral_with_spinal_reason_text,
+    ),
+    Profile(
+        "own-referral-signed", "radiculopathy profile with the card's own referral signed", "suppressed", own_referral_signed
+    ),
     Profile("elderly-stenosis", "76 years old, knee pain, lumbar stenosis", "possible", elderly_stenosis),
     Profile("acl-tear-only", "knee pain after an ACL tear two months ago", "unlikely", acl_tear_only),
     Profile("knee-oa-only", "painful knee osteoarthritis", "unlikely", knee_oa_only),

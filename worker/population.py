@@ -471,7 +471,8 @@ def _worklist_entry(row: Any, assessment: dict[str, Any], red_flags: list[str]) 
         "red_flags": red_flags,
         "band": row.band,
         "score": row.score,
-        "findings": [f["label"] for f in assessment.get("findings", [])],
+        # what counted: a finding counted with a stronger one of its episode adds 0 points (model 2.0)
+        "findings": [f["label"] for f in assessment.get("findings", []) if f.get("points", f.get("weight"))],
         "alternatives": [a["label"] for a in assessment.get("alternatives", [])],
         "missing_inputs": assessment.get("missing_inputs", []),
         "model_version": (assessment.get("model") or {}).get("version"),

@@ -132,8 +132,9 @@ def audit_event(decision: dict[str, Any], pseudonym: Pseudonym) -> dict[str, Any
     details += [("model-hash", decision.get("model_hash")), ("band", decision.get("band"))]
     details += [("card-uuid", uuid) for uuid in decision.get("card_uuids") or []]
     details += [("suggestion-uuid", uuid) for uuid in decision.get("suggestion_uuids") or []]
-    for finding in _findings(decision):
-        details += [("finding-reference", reference) for reference in finding.get("references") or []]
+    # a record entry behind several findings (an interaction and its parts) is named once
+    references = dict.fromkeys(r for finding in _findings(decision) for r in finding.get("references") or [])
+    details += [("finding-reference", reference) for reference in references]
     details += [("input-digest", decision.get("input_digest")), ("latency-ms", decision.get("latency_ms"))]
 
     entities: list[dict[str, Any]] = []

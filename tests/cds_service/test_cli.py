@@ -25,7 +25,7 @@ def test_demo_once_calls_every_profile_prints_cards_and_sends_feedback(tmp_path:
     assert result.exit_code == 0, result.output
     assert "Discovery lists 3 services" in result.output
     assert "radiculopathy-knee-pain" in result.output and "[WARNING]" in result.output
-    assert "bunion-back-weakness" in result.output and "[INFO]" in result.output
+    assert "double-coded-episode" in result.output and "[INFO]" in result.output
     assert "order-sign with a knee MRI drafted: 1 card(s)" in result.output
     assert "Feedback sent (one accepted, one overridden): HTTP 200" in result.output
     assert (tmp_path / "instance" / "spine-cds.sqlite3").exists()

@@ -101,10 +101,11 @@ def test_findings_and_their_references_are_in_the_assessment(running: RunningSer
     assessment = log.decision(hook_instance=body["hookInstance"])["assessment"]
     by_code = {r["code"]["coding"][0]["code"]: f"Condition/{r['id']}" for r in resources if r["resourceType"] == "Condition"}
     findings = {f["signal"]: f for f in assessment["findings"]}
-    assert set(findings) == {"lumbar_radiculopathy", "low_back_pain", "mid_lumbar_root_symptom"}
+    assert set(findings) == {"lumbar_radiculopathy", "low_back_pain", "l3_l4_picture", "thigh_with_back_problem"}
     assert findings["lumbar_radiculopathy"]["references"] == [by_code["M54.16"]]
     assert findings["low_back_pain"]["references"] == [by_code["279039007"]]
-    assert findings["mid_lumbar_root_symptom"]["references"] == [by_code["78514002"]]
+    assert by_code["78514002"] in findings["l3_l4_picture"]["references"]
+    assert (findings["low_back_pain"]["points"], findings["low_back_pain"]["counted_with"]) == (0, "lumbar_radiculopathy")
     for finding in findings.values():
         assert finding["codes"] and finding["date"] and isinstance(finding["weight"], float)
 

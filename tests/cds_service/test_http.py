@@ -141,7 +141,33 @@ def test_model_json_identifies_the_model(service: RunningService) -> None:
     assert body["hash"].startswith("sha256:") and len(body["hash"]) == len("sha256:") + 64
     assert isinstance(body["title"], str) and body["title"]
     card = assert_cards_response(service.post("/cds-services/spine-knee-patient-view", patient_view()))[0]
-    assert f"Model `{body['id']}` {body['version']} (`{body['hash'][:19]}`)" in card["detail"]
+    assert f"model {body['version']}." in card["detail"]
+
+
+def test_model_json_carries_every_hti1_source_attribute(service: RunningService) -> None:
+    """ONC HTI-1 (170.315(b)(11)): developer, funding, citations, release and revision dates, and each
+    demographic and health data element with whether the model uses it, as the HTML page shows them."""
+    body = service.client.get("/model.json").json()
+    for key in ("developer", "funding", "released", "revised", "intended_use", "intended_users", "intended_population"):
+        assert isinstance(body[key], str) and body[key], key
+    assert body["citations"] and all(isinstance(text, str) and text for text in body["citations"].values())
+    elements = body["data_elements"]
+    assert set(elements) == {
+        "date_of_birth",
+        "race",
+        "ethnicity",
+        "language",
+        "sexual_orientation",
+        "gender_identity",
+        "sex",
+        "social_determinants_of_health",
+        "health_status_assessments",
+    }
+    assert {k for k, v in elements.items() if v["used"]} == {"date_of_birth", "health_status_assessments"}
+    assert body["changelog"][0]["version"] == body["version"]
+    page = service.client.get("/model").text
+    for element in ("Date of birth", "Race", "Ethnicity", "Sexual orientation", "Gender identity", "Social determinants"):
+        assert element in page
 
 
 def test_health_and_documentation_need_no_authentication(service: RunningService) -> None:

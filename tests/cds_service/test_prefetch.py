@@ -97,7 +97,7 @@ def test_next_links_are_followed_and_every_page_is_read(
     assert len(cards) == 1
     findings = [r for r in core[1:] if r["code"]["coding"][0]["code"] != "30989003"]  # all but the knee pain
     for condition in findings:
-        assert f"Condition/{condition['id']}" in cards[0]["detail"]
+        assert f"{condition['code']['coding'][0]['code']})" in cards[0]["detail"]  # each finding's own code
     row = read.decision(hook_instance=body["hookInstance"])
     logged = {ref for finding in row["assessment"]["findings"] for ref in finding["references"]}
     assert logged == {f"Condition/{c['id']}" for c in findings}

@@ -96,7 +96,7 @@ def test_public_order_request_with_a_knee_order_added_gets_a_valid_card(
 
     assert len(cards) == 1
     assert cards[0]["summary"].startswith("Knee order drafted")
-    assert f"ServiceRequest/{mri['id']}" in cards[0]["detail"]
+    assert cards[0]["detail"].startswith("**Knee-directed order drafted:** MRI of knee.")
     assert "NutritionOrder" not in cards[0]["detail"]
 
 

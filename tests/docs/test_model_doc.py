@@ -55,10 +55,54 @@ def test_published_figures_are_stated(document: dict[str, Any], doc: str) -> Non
 
 
 def test_score_range_matches_the_weights(document: dict[str, Any], doc: str) -> None:
-    weights = [float(s["weight"]) for s in document["signals"].values()]
-    highest = sum(w for w in weights if w > 0)
-    lowest = sum(w for w in weights if w < 0)
-    assert f"{highest:+.2f}" in doc and f"{lowest:+.2f}" in doc
+    """The reachable range under the group rules: each group's best (strongest signal, or its cap), a
+    group adding nothing beside a group that supersedes it; the lowest is every alternative."""
+    best: dict[str, float] = {}
+    for key, group in document["groups"].items():
+        weights = [float(s["weight"]) for s in document["signals"].values() if s["group"] == key and s["weight"] > 0]
+        if not weights:
+            continue
+        best[key] = max(weights) if group["rule"] == "strongest" else sum(weights)
+        if group["rule"] == "cap":
+            best[key] = min(best[key], float(group["cap"]))
+    highest = sum(v for k, v in best.items() if not set(document["groups"][k].get("superseded_by", [])) & set(best))
+    lowest = sum(float(s["weight"]) for s in document["signals"].values() if s["weight"] < 0)
+    assert f"The highest reachable score is {highest:+.2f}" in doc
+    assert f"the lowest {lowest:+.2f}" in doc
+
+
+def test_every_weight_change_is_in_the_changes_table(document: dict[str, Any], doc: str) -> None:
+    latest = document["changelog"][0]
+    assert latest["version"] == document["version"]
+    changed = {w["signal"] for w in latest["weights"]}
+    assert set(document["signals"]) <= changed  # every signal of this version is accounted for
+    for w in latest["weights"]:
+        old = "-" if w["old"] is None else f"{float(w['old']):+.2f}"
+        new = "-" if w["new"] is None else f"{float(w['new']):+.2f}"
+        assert f"| `{w['signal']}` | {old} | {new} | {w['reason']} |" in doc, w["signal"]
+        if w["new"] is not None:
+            assert float(document["signals"][w["signal"]]["weight"]) == float(w["new"]), w["signal"]
+
+
+def test_the_evaluation_table_is_what_evaluate_prints(doc: str) -> None:
+    from datetime import date
+
+    from hooks.evaluation import evaluate_profiles
+    from hooks.model import load_model
+
+    for result in evaluate_profiles(load_model(), date(2026, 11, 24)):
+        band = result.assessment.band or "-"
+        row = f"| `{result.profile.name}` | {result.profile.description} | {result.expected} | {band} | {result.card} |"
+        assert row in doc, row
+        assert result.ok, result.profile.name
+
+
+def test_hti1_data_elements_match_the_model_file(document: dict[str, Any], doc: str) -> None:
+    table = doc.split("Demographic and other data elements used as inputs", 1)[1].split("###", 1)[0]
+    for key, element in document["source_attributes"]["data_elements"].items():
+        name = {"social_determinants_of_health": "Social determinants of health"}.get(key, key.replace("_", " ").capitalize())
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| {name} |")]
+        assert ("**Yes**" in row) is element["used"], key
 
 
 def test_band_thresholds_are_stated(document: dict[str, Any], doc: str) -> None:

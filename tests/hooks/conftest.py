@@ -45,8 +45,12 @@ def radiculopathy(factory: Factory, **kw: Any) -> Resource:
     return factory.condition(ICD10, "M54.16", "Radiculopathy, lumbar region", **kw)
 
 
+def thigh_pain(factory: Factory, **kw: Any) -> Resource:
+    return factory.condition(ICD10, "M79.651", "Pain in right thigh", **kw)
+
+
 def adult_with_knee_pain(factory: Factory, age: int = 50) -> list[Resource]:
-    """A 50-year-old (no age signal) with active knee pain: eligible, score 0."""
+    """A 50-year-old with active knee pain (side not stated): eligible, score 0."""
     return [factory.patient(age), knee_pain(factory)]
 
 

@@ -18,12 +18,24 @@ from hooks.assessment import Assessment
 from hooks.cards import OVERRIDE_REASONS, CardOptions, build_cards, prune
 from hooks.model import Model, load_model
 from hooks.synthetic import ICD10, PROFILES, SNOMED, Factory
-from tests.hooks.conftest import DOCS_URL, HookCall, adult_with_knee_pain, assess_resources, low_back_pain, radiculopathy
+from tests.hooks.conftest import (
+    DOCS_URL,
+    HookCall,
+    adult_with_knee_pain,
+    assess_resources,
+    low_back_pain,
+    radiculopathy,
+    thigh_pain,
+)
 
 PatientView = Callable[..., HookCall]
 SPINE_PERFORMER = {"system": SNOMED, "code": "722172003", "display": "Spine surgery service"}
 SITE_REFERRAL = {"system": "http://example.org/orders", "code": "REF-SPINE", "display": "Spine clinic referral"}
-CARD_PROFILES = ["radiculopathy-knee-pain", "bunion-back-weakness", "elderly-stenosis"]
+LIKELY_PROFILES = ["radiculopathy-knee-pain", "disc-displacement-thigh", "l3-l4-knee-oa"]
+POSSIBLE_PROFILES = ["elderly-stenosis", "double-coded-episode", "sciatica-seed-signs"]
+CARD_PROFILES = [*LIKELY_PROFILES, *POSSIBLE_PROFILES]
+SITE = "http://example.org/site"
+INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 
 
 def one_card(model: Model, today: date, call: HookCall, instance: str | None = "hook-instance-1") -> dict[str, Any]:
@@ -52,6 +64,12 @@ def walk(value: Any, path: str = "card") -> Iterator[tuple[str, Any]]:
 @pytest.fixture(params=CARD_PROFILES)
 def card(request: pytest.FixtureRequest, model: Model, today: date, patient_view_request: PatientView) -> dict[str, Any]:
     """A patient-view card for each profile that gives one."""
+    return one_card(model, today, patient_view_request(request.param))
+
+
+@pytest.fixture(params=LIKELY_PROFILES)
+def referral_card(request: pytest.FixtureRequest, model: Model, today: date, patient_view_request: PatientView) -> dict[str, Any]:
+    """A `likely` card, the only kind that offers the referral."""
     return one_card(model, today, patient_view_request(request.param))
 
 
@@ -98,80 +116,110 @@ def test_summary_req_83(card: dict[str, Any]) -> None:
 
 
 def test_detail_is_markdown_req_84_85(card: dict[str, Any]) -> None:
-    """req 84, 85: detail, when present, is GitHub Flavored Markdown: tables keep their column count."""
+    """req 84, 85: detail, when present, is GitHub Flavored Markdown: bold labels, one list item per entry."""
     detail = card["detail"]
     assert isinstance(detail, str)
-    tables = [line for line in detail.splitlines() if line.startswith("|")]
-    assert tables
-    for line in tables:
-        assert line.endswith("|")
-        assert len(re.findall(r"(?<!\\)\|", line)) == 6, line
-    assert "**Assessment:" in detail
+    assert "**Knee complaint:**" in detail
+    assert re.search(r"^\*\*(Likely|Possible)\*\*: ", detail, re.MULTILINE)
+    items = [line for line in detail.splitlines() if line.startswith("- ")]
+    assert items
+    assert not any("|" in line.replace("\\|", "") for line in detail.splitlines())
 
 
-def rows_by_label(detail: str) -> dict[str, str]:
-    rows = {}
-    for line in detail.splitlines():
-        if line.startswith("| ") and not line.startswith("| Finding"):
-            rows[line.split(" | ")[0][2:]] = line
-    return rows
+@pytest.mark.parametrize("profile", CARD_PROFILES)
+def test_detail_is_short_and_patient_specific(model: Model, today: date, patient_view_request: PatientView, profile: str) -> None:
+    """At most about 120 words; the summary names the side and the record's own main finding."""
+    evaluation = patient_view_request(profile).run(model, today)
+    (card,) = evaluation.cards
+    a = evaluation.assessment
+    assert len(card["detail"].split()) <= 120
+    assert a.main_finding is not None
+    assert a.main_finding.evidence[0].name.lower() in card["summary"].lower()
+    if a.knee_laterality == "right":
+        assert card["summary"].startswith("Right knee pain")
 
 
-@pytest.mark.parametrize("profile", [*CARD_PROFILES, "hip-and-back"])
-def test_detail_lists_every_contribution(
-    model: Model, today: date, factory: Factory, patient_view_request: PatientView, profile: str
+@pytest.mark.parametrize("profile", CARD_PROFILES)
+def test_detail_lists_each_counted_entry_as_the_record_has_it(
+    model: Model, today: date, patient_view_request: PatientView, profile: str
 ) -> None:
-    """Each finding and alternative: label, reference, date, points and source."""
-    if profile == "hip-and-back":
-        resources = [
-            *adult_with_knee_pain(factory),
-            radiculopathy(factory),
-            low_back_pain(factory),
-            factory.condition(ICD10, "M16.11", "Unilateral primary osteoarthritis, right hip"),
-        ]
-        a = assess_resources(model, resources, today)
-        (card,) = build_cards(model, a, CardOptions(DOCS_URL), hook="patient-view", patient_id=factory.patient_id)
-    else:
-        evaluation = patient_view_request(profile).run(model, today)
-        a, card = evaluation.assessment, evaluation.cards[0]
-    rows = rows_by_label(card["detail"])
-    for c in a.contributions:
-        row = rows[c.signal.label]
-        assert f"{c.weight:+.2f}" in row
-        for source in c.signal.sources:
-            assert model.short_citations[source] in row
-        if c.evidence:
-            for ref in c.references()[:3]:
-                assert f"`{ref}`" in row
-            latest = c.latest()
-            assert latest is not None and latest.isoformat() in row
-        else:
-            assert "birth date" in row
-    assert len(rows) == len(a.contributions)
-    if a.alternatives:
-        assert "**Alternative explanations found**" in card["detail"]
+    """One line per finding: the record's display and code, clinical and verification status, side, age; the knee
+    complaint that made the patient eligible; points or what it was counted with. The reasons live on /model."""
+    evaluation = patient_view_request(profile).run(model, today)
+    a, detail = evaluation.assessment, evaluation.cards[0]["detail"]
+    complaint = a.knee_complaint[0]
+    assert f"**Knee complaint:** {complaint.name} (" in detail
+    lines = detail.splitlines()
+    for c in a.findings:
+        if (c.signal.requires_all and not c.points) or model.groups[c.signal.group].caption:
+            continue
+        entry = c.evidence[0] if not c.signal.requires_all else c.evidence[-1]
+        (line,) = [line for line in lines if line.startswith(f"- {entry.name} (")][:1]
+        assert f"{entry.coding.code})" in line
+        assert f"{entry.status}/{entry.verification}" in line
+        assert " ago" in line
+    for c in a.findings:
+        assert c.signal.why not in detail  # the why paragraphs are on the model page
+    assert DOCS_URL in detail
+
+
+def test_detail_flags_old_entries_and_the_side(model: Model, today: date, factory: Factory) -> None:
+    resources = [
+        factory.patient(60),
+        factory.condition(ICD10, "M25.561", "Pain in right knee"),
+        factory.condition(ICD10, "M54.16", "Radiculopathy, lumbar region", onset_days_ago=1200),
+        factory.condition(ICD10, "M79.651", "Pain in right thigh"),
+        factory.condition(ICD10, "M79.652", "Pain in left thigh"),
+    ]
+    a = assess_resources(model, resources, today)
+    (card,) = build_cards(model, a, CardOptions(DOCS_URL), hook="patient-view", patient_id=factory.patient_id)
+    detail = card["detail"]
+    assert "Radiculopathy, lumbar region (ICD-10-CM M54.16), active/confirmed, side not stated, 3 y ago (old)" in detail
+    assert "Pain in right thigh (ICD-10-CM M79.651), active/confirmed, right (same as knee)" in detail
+    assert "**Not counted:** Pain in left thigh (other side)." in detail
+
+
+def test_seed_signs_are_labelled_as_hypothesis_without_a_ratio(
+    model: Model, today: date, patient_view_request: PatientView
+) -> None:
+    (card,) = patient_view_request("sciatica-seed-signs").run(model, today).cards
+    caption = model.groups["seed_signs"].caption
+    assert caption == "hypothesis from a spine practice's patient article; no supporting study"
+    (seed_line,) = [line for line in card["detail"].splitlines() if caption in line]
+    for name in ("Hallux valgus (acquired), right foot", "Flat foot [pes planus] (acquired), right foot"):
+        assert name in seed_line
+    assert f"[+{model.groups['seed_signs'].cap:.2f} together: {caption}]" in seed_line
+    assert not re.search(r"\b(OR|RR|aHR|LR\+?) \d", seed_line)
 
 
 def test_detail_lists_missing_inputs(model: Model, today: date, patient_view_request: PatientView) -> None:
     evaluation = patient_view_request("elderly-stenosis").run(model, today)
     detail = evaluation.cards[0]["detail"]
     assert evaluation.assessment.missing_inputs
-    for missing in evaluation.assessment.missing_inputs:
-        assert f"- {missing}" in detail
+    assert f"**Not in the record:** {'; '.join(evaluation.assessment.missing_inputs)}." in detail
 
 
 def test_detail_names_model(likely_card: dict[str, Any], model: Model) -> None:
-    assert f"`{model.id}` {model.version}" in likely_card["detail"]
-    assert model.hash[:19] in likely_card["detail"]
+    assert f"model {model.version}." in likely_card["detail"]
+    assert "does not screen for red flags" in likely_card["detail"]
 
 
 def test_detail_no_bare_probability(card: dict[str, Any]) -> None:
-    """The band is never shown as a probability: no percentage next to it."""
-    for line in card["detail"].splitlines():
-        if "**Assessment:" in line:
-            assert "%" not in line
-            assert re.search(r"\*\*Assessment: (possible|likely)\*\*", line)
-    assert not re.search(r"(possible|likely|unlikely)\**\s*\(?\s*\d+(\.\d+)?\s*%", card["detail"])
+    """The band is never shown as a probability: no percentage anywhere."""
+    assert "%" not in card["detail"]
+    assert not re.search(r"(possible|likely|unlikely)\**\s*\(?\s*\d+(\.\d+)?\s*%", card["detail"], re.IGNORECASE)
+
+
+@pytest.mark.parametrize("profile", POSSIBLE_PROFILES)
+def test_a_possible_card_advises_examination_first_and_offers_no_referral(
+    model: Model, today: date, patient_view_request: PatientView, profile: str
+) -> None:
+    (card,) = patient_view_request(profile).run(model, today).cards
+    assert card["indicator"] == "info"
+    assert "suggestions" not in card and "selectionBehavior" not in card
+    assert str(model.detail["examine_first"]).strip() in card["detail"]
+    assert "femoral nerve stretch" in card["detail"] and "hip rotation" in card["detail"]
+    assert "examining" in card["summary"]
 
 
 def test_detail_escapes_table_breaking_text(model: Model, today: date, order_sign_request: Callable[..., HookCall]) -> None:
@@ -192,7 +240,7 @@ def uuids(card: dict[str, Any]) -> list[str]:
 def test_uuids_req_80_119(card: dict[str, Any]) -> None:
     """req 80, 81, 118, 119: the optional uuids are sent, as strings identifying card and suggestion uniquely."""
     ids = uuids(card)
-    assert len(ids) == 2
+    assert len(ids) == 1 + len(card.get("suggestions", []))
     assert all(isinstance(u, str) and str(uuid.UUID(u)) == u for u in ids)
     assert len(set(ids)) == len(ids)
 
@@ -260,16 +308,18 @@ def test_source_label_from_options(model: Model, today: date, factory: Factory) 
 # -- suggestions and actions -----------------------------------------------------------------------
 
 
-def test_suggestions_reqs_92_93_95_96(card: dict[str, Any]) -> None:
+def test_suggestions_reqs_92_93_95_96(referral_card: dict[str, Any]) -> None:
     """req 92, 93, 94, 95, 96: an array of one suggestion, so selectionBehavior is present, a string, and at-most-one."""
+    card = referral_card
     assert isinstance(card["suggestions"], list)
     assert len(card["suggestions"]) == 1
     assert card["selectionBehavior"] == "at-most-one"
 
 
-def test_suggestion_reqs_117_121_122_124(card: dict[str, Any]) -> None:
+def test_suggestion_reqs_117_121_122_124(referral_card: dict[str, Any]) -> None:
     """req 117, 119, 120, 121, 122, 123, 124, 125: label string, uuid string, isRecommended a boolean and false (not
     `any`), and an array holding one action, so selecting the suggestion selects exactly that action."""
+    card = referral_card
     (suggestion,) = card["suggestions"]
     assert isinstance(suggestion["label"], str) and suggestion["label"]
     assert "consider" in suggestion["label"].lower()
@@ -280,10 +330,10 @@ def test_suggestion_reqs_117_121_122_124(card: dict[str, Any]) -> None:
     assert isinstance(suggestion["actions"], list) and len(suggestion["actions"]) == 1
 
 
-def test_action_reqs_127_128_130_131(card: dict[str, Any]) -> None:
+def test_action_reqs_127_128_130_131(referral_card: dict[str, Any]) -> None:
     """req 127, 128, 129, 130, 131, 132, 133, 134, 135: type create with a description string to show the user and a
     new FHIR resource; no update or delete, so no partial resource and no resourceId."""
-    (action,) = card["suggestions"][0]["actions"]
+    (action,) = referral_card["suggestions"][0]["actions"]
     assert action["type"] == "create"
     assert isinstance(action["description"], str) and action["description"]
     assert "resourceId" not in action
@@ -308,34 +358,51 @@ def test_referral_resource(model: Model, today: date, patient_view_request: Pati
     assert resource["subject"] == {"reference": f"Patient/{call.context['patientId']}"}
     assert resource["requester"] == {"reference": "Practitioner/dr-1"}
     assert resource["code"]["coding"] == [{"system": SNOMED, "code": "308481009", "display": "Referral to orthopedic surgeon"}]
+    assert resource["code"]["text"] == "Lumbar spine evaluation"
+    assert resource["priority"] == "routine"
+    assert resource["category"] == [{"coding": [{"system": SNOMED, "code": "3457005", "display": "Patient referral"}]}]
+    suggestion = evaluation.cards[0]["suggestions"][0]
+    assert resource["identifier"] == [{"system": "urn:spine-cds:suggestion", "value": suggestion["uuid"]}]
     assert "performerType" not in resource
     assert resource["note"][0]["text"]
-    finding_refs = {r for c in evaluation.assessment.findings for r in c.references()}
+    a = evaluation.assessment
     reasons = [r["reference"] for r in resource["reasonReference"]]
-    assert reasons
+    # the knee complaint first, then the spinal findings, each once
+    assert reasons[0] == a.knee_complaint[0].reference
+    spinal = {r for c in a.findings if c.signal.spinal for r in c.references()}
+    assert set(reasons[1:]) == spinal
     assert len(reasons) == len(set(reasons))
-    assert set(reasons) <= finding_refs
     assert all(r.split("/")[0] in ("Condition", "Observation") for r in reasons)
 
 
 def test_referral_reasons_exclude_patient_and_alternatives(model: Model, today: date, patient_view_request: PatientView) -> None:
-    evaluation = patient_view_request("elderly-stenosis").run(model, today)
+    evaluation = patient_view_request("l3-l4-knee-oa").run(model, today)
     reasons = [r["reference"] for r in referral_of(evaluation.cards[0])["reasonReference"]]
-    assert any(c.signal.key == "age_over_70" for c in evaluation.assessment.findings)
     assert not any(r.startswith("Patient/") for r in reasons)
-    stenosis = next(c for c in evaluation.assessment.findings if c.signal.key == "lumbar_stenosis")
-    assert reasons == stenosis.references()
+    (knee_oa,) = evaluation.assessment.alternatives
+    assert not set(knee_oa.references()) & set(reasons)
 
 
 def test_referral_reasons_include_observations(today: date, factory: Factory) -> None:
-    site_model = load_model(site={"codes": {"neuro_exam": [{"system": "http://example.org/site", "code": "fnst"}]}})
-    exam = factory.observation("http://example.org/site", "fnst", "Femoral nerve stretch test")
+    site_model = load_model(
+        site={
+            "codes": {
+                "femoral_stretch_exam": [{"system": SITE, "code": "fnst"}],
+                "patellar_reflex_exam": [{"system": SITE, "code": "knee-jerk"}],
+            }
+        }
+    )
+    exam = factory.observation(SITE, "fnst", "Femoral nerve stretch test")
     exam["valueBoolean"] = True
-    resources = [*adult_with_knee_pain(factory), exam, low_back_pain(factory)]
+    reflex = factory.observation(SITE, "knee-jerk", "Patellar reflex")
+    reflex["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": "L"}]}]
+    resources = [*adult_with_knee_pain(factory), exam, reflex, radiculopathy(factory)]
     a = assess_resources(site_model, resources, today)
+    assert a.band == "likely"
+    assert {c.signal.key: c.points for c in a.findings}["root_exam_pair"] == 1.95
     (card,) = build_cards(site_model, a, CardOptions(DOCS_URL), hook="patient-view", patient_id=factory.patient_id)
     reasons = {r["reference"] for r in referral_of(card)["reasonReference"]}
-    assert f"Observation/{exam['id']}" in reasons
+    assert {f"Observation/{exam['id']}", f"Observation/{reflex['id']}"} <= reasons
     ServiceRequest.model_validate(referral_of(card))
 
 
@@ -352,7 +419,7 @@ def test_referral_from_site_configuration(today: date, patient_view_request: Pat
     resource = referral_of(one_card(site_model, today, patient_view_request()))
     ServiceRequest.model_validate(resource)
     assert resource["code"]["coding"] == [SITE_REFERRAL]
-    assert resource["code"]["text"] == SITE_REFERRAL["display"]
+    assert resource["code"]["text"] == "Lumbar spine evaluation"
     assert resource["performerType"] == {"coding": [SPINE_PERFORMER]}
 
 
@@ -438,7 +505,7 @@ def test_prune() -> None:
 
 def test_patient_reference_fallback(model: Model, today: date, factory: Factory) -> None:
     a: Assessment = assess_resources(
-        model, [*adult_with_knee_pain(factory), radiculopathy(factory), low_back_pain(factory)], today
+        model, [*adult_with_knee_pain(factory), radiculopathy(factory), low_back_pain(factory), thigh_pain(factory)], today
     )
     (card,) = build_cards(model, a, CardOptions(DOCS_URL), hook="patient-view")
     assert referral_of(card)["subject"] == {"reference": f"Patient/{factory.patient_id}"}

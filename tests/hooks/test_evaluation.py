@@ -25,8 +25,12 @@ SPINAL_SIGNALS = frozenset(
         "lumbar_radiculopathy",
         "lumbar_stenosis",
         "lumbar_degeneration",
-        "mid_lumbar_root_sign",
-        "mid_lumbar_root_symptom",
+        "sciatica",
+        "lumbar_disc_displacement",
+        "l3_l4_picture",
+        "thigh_with_back_problem",
+        "root_exam",
+        "root_exam_pair",
     }
 )
 OUTCOMES = {"ineligible", "suppressed", "red-flag", "unlikely", "possible", "likely"}
@@ -34,7 +38,7 @@ OUTCOMES = {"ineligible", "suppressed", "red-flag", "unlikely", "possible", "lik
 
 @pytest.fixture(scope="module")
 def profile_results(model: Model, today: date) -> dict[tuple[str, int], ProfileResult]:
-    return {(r.profile, seed): r for seed in SEEDS for r in evaluate_profiles(model, today, seed=seed)}
+    return {(r.profile.name, seed): r for seed in SEEDS for r in evaluate_profiles(model, today, seed=seed)}
 
 
 @pytest.fixture(scope="module")
@@ -92,18 +96,53 @@ def test_cli_evaluate_prints_every_profile() -> None:
     assert "differs" not in result.output
     assert "as of 2026-11-24" in result.output
     assert "Outcomes:" not in result.output
+    for line in result.output.splitlines()[3:]:
+        if line.strip():
+            assert line.split()[1] == line.split()[2], line  # intended == outcome on every profile row
+
+
+@pytest.mark.parametrize(
+    ("name", "card"),
+    [
+        ("radiculopathy-knee-pain", "warning: referral offered"),
+        ("elderly-stenosis", "info: examine first, no referral"),
+        ("cauda-equina", "warning: red flag, no referral"),
+        ("co-occurrence-only", "none"),
+        ("post-spine-surgery", "none"),
+    ],
+)
+def test_each_profile_names_the_card_it_gives(
+    profile_results: dict[tuple[str, int], ProfileResult], name: str, card: str
+) -> None:
+    assert profile_results[(name, 0)].card == card
+
+
+def test_every_behaviour_has_a_profile() -> None:
+    """The model's rules each have a profile that would fail if the rule broke."""
+    names = set(PROFILES_BY_NAME)
+    assert {
+        "cauda-equina",
+        "septic-knee",
+        "co-occurrence-only",
+        "post-spine-surgery",
+        "deceased",
+        "side-mismatch",
+        "l3-l4-knee-oa",
+        "differential-diagnoses",
+        "double-coded-episode",
+        "referral-reason-text",
+        "own-referral-signed",
+        "femoral-nerve-lesion",
+        "healed-ankle-fracture",
+    } <= names
 
 
 def test_cli_evaluate_fails_when_a_profile_differs(monkeypatch: pytest.MonkeyPatch, model: Model, today: date) -> None:
     def wrong(*args: Any, **kwargs: Any) -> list[ProfileResult]:
         results = evaluate_profiles(*args, **kwargs)
         first = results[0]
-        return [
-            ProfileResult(
-                first.profile, "unlikely" if first.expected != "unlikely" else "likely", first.outcome, first.assessment
-            ),
-            *results[1:],
-        ]
+        wrong_outcome = "unlikely" if first.expected != "unlikely" else "likely"
+        return [replace(first, outcome=wrong_outcome), *results[1:]]
 
     monkeypatch.setattr(cli, "evaluate_profiles", wrong)
     result = CliRunner().invoke(cli.main, ["evaluate", "--today", "2026-11-24"])

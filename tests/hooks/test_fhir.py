@@ -65,7 +65,7 @@ def site_model() -> Model:
         site={
             "codes": {
                 "strength_exam": [{"system": LOCAL, "code": "QSTR"}],
-                "neuro_exam": [{"system": LOCAL, "code": "FNST"}],
+                "femoral_stretch_exam": [{"system": LOCAL, "code": "FNST"}],
             }
         }
     )
@@ -390,11 +390,11 @@ def test_observation_other_status_is_ignored(model: Model, status: Any) -> None:
 def test_observation_value_codeable_concept_is_matched(model: Model) -> None:
     f = factory()
     observation = f.observation(LOCAL, "EXAM-FINDING", "Examination finding")
-    observation["valueCodeableConcept"] = {"coding": [{"system": SNOMED, "code": "26544005", "display": "Muscle weakness"}]}
+    observation["valueCodeableConcept"] = {"coding": [{"system": SNOMED, "code": "249939004", "display": "Proximal weakness"}]}
     record = read(model, observation)
     assert value_sets(record) == {"hip_quad_weakness"}
     evidence = only(record, "hip_quad_weakness")
-    assert evidence.coding.code == "26544005"
+    assert evidence.coding.code == "249939004"
     assert evidence.positive is True
 
 
@@ -443,11 +443,11 @@ def test_strength_exam_needs_the_site_code(model: Model) -> None:
         pytest.param({}, False, id="nothing"),
     ],
 )
-def test_neuro_exam_positive(site_model: Model, extra: dict[str, Any], positive: bool) -> None:
+def test_femoral_stretch_exam_positive(site_model: Model, extra: dict[str, Any], positive: bool) -> None:
     f = factory()
     observation = f.observation(LOCAL, "FNST", "Femoral nerve stretch test") | extra
     record = read(site_model, observation)
-    assert only(record, "neuro_exam").positive is positive
+    assert only(record, "femoral_stretch_exam").positive is positive
     assert record.notes == []
 
 
@@ -578,10 +578,7 @@ def test_laterality_from_icd_code(model: Model, code: str, side: str | None) -> 
 
 def test_laterality_from_icd_code_of_another_value_set(model: Model) -> None:
     f = factory()
-    assert (
-        only(read(model, f.condition(ICD10, "M54.42", "Lumbago with sciatica, left")), "lumbar_radiculopathy").laterality
-        == "left"
-    )
+    assert only(read(model, f.condition(ICD10, "M54.42", "Lumbago with sciatica, left")), "sciatica").laterality == "left"
 
 
 @pytest.mark.parametrize(

@@ -166,8 +166,8 @@ def test_signal_and_expected_input_references_resolve(model: Model) -> None:
 
 
 def _rounded(value: float) -> set[float]:
-    """`value` rounded to one or two significant figures."""
-    return {float(f"{value:.1g}"), float(f"{value:.2g}")}
+    """`value` rounded to one, two or three significant figures."""
+    return {float(f"{value:.1g}"), float(f"{value:.2g}"), float(f"{value:.3g}")}
 
 
 @pytest.mark.parametrize("key", RATIO_SIGNALS)
@@ -191,8 +191,9 @@ def test_weight_derives_from_published_ratio(model: Model, key: str) -> None:
 
 
 def test_ratio_signals_are_found_in_the_file() -> None:
-    # guards the parametrisation above against silently testing nothing
-    assert len(RATIO_SIGNALS) >= 3
+    # guards the parametrisation above against silently testing nothing; model 2.0 keeps a ratio only where
+    # it answers the signal's own question (the two root examinations together, Suri 2011)
+    assert RATIO_SIGNALS and [p.values[0] for p in RATIO_SIGNALS] == ["root_exam_pair"]
 
 
 # -- bands -----------------------------------------------------------------------------------------
@@ -249,9 +250,9 @@ def test_site_code_is_found_by_the_index(model: Model) -> None:
 
 
 def test_site_code_in_a_standard_system_is_normalised() -> None:
-    configured = load_model(site={"codes": {"neuro_exam": [{"system": ICD10_OID, "code": "R29.898"}]}})
-    assert "neuro_exam" in configured.index.lookup(ICD10, "R29898")
-    assert "neuro_exam" in configured.index.lookup(ICD10, "r29.898")
+    configured = load_model(site={"codes": {"femoral_stretch_exam": [{"system": ICD10_OID, "code": "R29.898"}]}})
+    assert "femoral_stretch_exam" in configured.index.lookup(ICD10, "R29898")
+    assert "femoral_stretch_exam" in configured.index.lookup(ICD10, "r29.898")
 
 
 def test_site_adds_to_a_value_set_with_other_codes() -> None:
@@ -353,7 +354,7 @@ def test_model_config_error_is_a_value_error() -> None:
         pytest.param(ICD10_OID, "S83.511A", "knee_injury", id="prefix-oid"),
         pytest.param(ICD10, "Z96.651", "knee_arthroplasty", id="prefix-with-dot"),
         pytest.param(ICD10, "M51.369", "lumbar_degeneration", id="prefix-M51.36"),
-        pytest.param(ICD10, "G57.21", "mid_lumbar_root_sign", id="prefix-G57.2"),
+        pytest.param(ICD10, "G57.21", "peripheral_nerve_lesion", id="prefix-G57.2"),
         pytest.param(SNOMED, "128196005", "lumbar_radiculopathy", id="snomed"),
         pytest.param(SNOMED_OID, "128196005", "lumbar_radiculopathy", id="snomed-oid"),
         pytest.param("http://loinc.org", "72514-3", "pain_severity", id="loinc"),

@@ -1,7 +1,7 @@
 """Red flags: a record that holds one never gets a routine spine-origin card or a referral suggestion.
 
-The families are those of the clinical-evidence notes ("Red flags"), in ICD-10-CM (the model file's
-`red_flag_spine` and `knee_emergency` value sets).
+The families are those of the clinical-evidence notes ("Red flags"), in ICD-10-CM and SNOMED CT (the model
+file's `red_flag_spine` and `knee_emergency` value sets).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from hooks.cards import CardOptions, build_cards
 from hooks.model import Model
-from hooks.synthetic import ICD10, Factory, radiculopathy_knee_pain
+from hooks.synthetic import ICD10, SNOMED, Factory, radiculopathy_knee_pain
 from tests.hooks.conftest import HookCall, assess_resources
 
 RED_FLAGS = [
@@ -30,6 +30,18 @@ RED_FLAGS = [
     ("M21.371", "Foot drop, right foot"),
     ("M00.061", "Staphylococcal arthritis, right knee"),
     ("I82.411", "Acute embolism and thrombosis of right femoral vein"),
+]
+SNOMED_RED_FLAGS = [
+    ("192970008", "Cauda equina syndrome"),
+    ("1427008", "Intraspinal abscess"),
+    ("203241002", "Osteomyelitis of vertebra"),
+    ("2304001", "Discitis"),
+    ("125608002", "Fracture of lumbar spine"),
+    ("240198002", "Osteoporotic vertebral collapse"),
+    ("94602001", "Secondary malignant neoplasm of vertebral column"),
+    ("6077001", "Foot-drop"),
+    ("239777004", "Knee pyogenic arthritis"),
+    ("404223003", "Deep venous thrombosis of lower extremity"),
 ]
 
 
@@ -58,6 +70,23 @@ def test_a_red_flag_gives_one_warning_that_names_it_and_no_referral(
     assert "lumbar spine" not in card["summary"].lower()
 
 
+@pytest.mark.parametrize(("code", "display"), SNOMED_RED_FLAGS, ids=[c for c, _ in SNOMED_RED_FLAGS])
+def test_a_snomed_coded_red_flag_stops_the_routine_card_too(
+    model: Model, today: date, factory: Factory, code: str, display: str
+) -> None:
+    resources = [*radiculopathy_knee_pain(factory), factory.condition(SNOMED, code, display, onset_days_ago=3)]
+    [card] = cards_for(model, resources, today)
+    assert card["summary"] == f"Red flag in the record: {display}. Needs urgent assessment"
+    assert "suggestions" not in card and code in card["detail"]
+
+
+def test_a_differential_red_flag_still_warns(model: Model, today: date, factory: Factory) -> None:
+    """A suspected cauda equina syndrome is as urgent as a confirmed one."""
+    resources = with_red_flag(factory, "G83.4", "Cauda equina syndrome", verification="differential")
+    [card] = cards_for(model, resources, today)
+    assert card["summary"].startswith("Red flag in the record: Cauda equina syndrome")
+
+
 def test_the_assessment_keeps_its_findings_and_names_the_red_flag(model: Model, today: date, factory: Factory) -> None:
     assessment = assess_resources(model, with_red_flag(factory, "G83.4", "Cauda equina syndrome"), today)
     assert assessment.band == "likely" and assessment.red_flagged and not assessment.actionable
@@ -82,7 +111,7 @@ def test_order_hooks_warn_too_when_a_knee_order_is_drafted(
 def test_an_old_resolved_red_flag_does_not_stop_the_routine_card(model: Model, today: date, factory: Factory) -> None:
     resources = with_red_flag(factory, "S32.009A", "Fracture of lumbar vertebra", clinical="resolved", onset_days_ago=800)
     [card] = cards_for(model, resources, today)
-    assert card["summary"].startswith("Knee pain may be referred from the lumbar spine")
+    assert card["summary"].endswith("consider a lumbar spine source")
     assert card["suggestions"]
 
 

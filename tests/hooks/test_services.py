@@ -161,8 +161,9 @@ def test_order_sign_card_for_each_knee_order(model: Model, today: date, order_si
     assert [o.reference for o in evaluation.knee_orders] == [reference]
     (card,) = evaluation.cards
     assert card["summary"].startswith("Knee order drafted")
-    assert f"`{reference}`" in card["detail"]
-    assert card["detail"].startswith("**Knee-directed order drafted:**")
+    display = drafted["resource"]["code"]["coding"][0]["display"]
+    assert card["detail"].startswith(f"**Knee-directed order drafted:** {display}.")
+    assert reference not in card["detail"]  # the order as the clinician named it, not an opaque id
 
 
 @pytest.mark.parametrize("name", OTHER_ORDERS)
@@ -208,19 +209,22 @@ class TestOrderHooks:
         call = order_select_request(orders=(knee_mri_order, xray), selected=(1,))
         evaluation = call.run(model, today)
         entries = call.context["draftOrders"]["entry"]
-        mri_ref, xray_ref = (f"ServiceRequest/{e['resource']['id']}" for e in entries)
+        xray_ref = f"ServiceRequest/{entries[1]['resource']['id']}"
+        mri_name, xray_name = (e["resource"]["code"]["coding"][0]["display"] for e in entries)
         assert [o.reference for o in evaluation.knee_orders] == [xray_ref]
-        assert xray_ref in evaluation.cards[0]["detail"]
-        assert mri_ref not in evaluation.cards[0]["detail"]
+        assert xray_name in evaluation.cards[0]["detail"]
+        assert mri_name not in evaluation.cards[0]["detail"]
 
     def test_order_sign_considers_all_drafts(self, model: Model, today: date, order_sign_request: HookRequest) -> None:
         call = order_sign_request(orders=(chest_xray_order, knee_mri_order, KNEE_ORDERS["tkr-cpt"]))
         evaluation = call.run(model, today)
-        refs = [f"ServiceRequest/{e['resource']['id']}" for e in call.context["draftOrders"]["entry"]]
+        entries = call.context["draftOrders"]["entry"]
+        refs = [f"ServiceRequest/{e['resource']['id']}" for e in entries]
+        names = [e["resource"]["code"]["coding"][0]["display"] for e in entries]
         assert [o.reference for o in evaluation.knee_orders] == refs[1:]
         (card,) = evaluation.cards
-        assert all(f"`{r}`" in card["detail"] for r in refs[1:])
-        assert refs[0] not in card["detail"]
+        assert all(name in card["detail"] for name in names[1:])
+        assert names[0] not in card["detail"]
 
     def test_order_sign_ignores_selections(self, model: Model, today: date, order_sign_request: HookRequest) -> None:
         call = order_sign_request(orders=(knee_mri_order,))
@@ -231,7 +235,8 @@ class TestOrderHooks:
         ("profile", "indicator"),
         [
             ("radiculopathy-knee-pain", "warning"),
-            ("bunion-back-weakness", "info"),
+            ("bunion-back-weakness", None),
+            ("double-coded-episode", "info"),
             ("elderly-stenosis", "info"),
             ("acl-tear-only", None),
             ("knee-oa-only", None),

@@ -60,7 +60,7 @@ TODAY = date(2026, 11, 24)
 CLIENT_ID = "spine-cds-population"
 KID = "population-key-1"
 # (profile, patients): the first two profiles belong on the worklist, the rest do not
-ON_WORKLIST = {"radiculopathy-knee-pain": 2, "bunion-back-weakness": 1}
+ON_WORKLIST = {"radiculopathy-knee-pain": 2, "double-coded-episode": 1}
 OFF_WORKLIST = {"acl-tear-only": 1, "knee-oa-only": 1, "child": 1, "already-referred": 1, "recent-lumbar-mri": 1}
 
 

@@ -154,7 +154,7 @@ def build_audit_log(running: RunningService) -> AuditLog:
     call(
         "possible",
         view,
-        patient_view_of(_patient("bunion-back-weakness")),
+        patient_view_of(_patient("double-coded-episode")),
         north,
         "PractitionerRole/nurse-7",
         200,

@@ -145,7 +145,7 @@ def check_detail(log: AuditLog) -> None:
     assert suggestion["actions"][0]["resource"]["subject"] == {"reference": f"Patient/{log.calls['likely'].patient_id}"}
     assert stored_suggestion["actions"][0]["resource"]["subject"] == {"reference": PATIENT_MASK}
     findings = {f["signal"]: f for f in likely["assessment"]["findings"]}
-    assert set(findings) == {"lumbar_radiculopathy", "low_back_pain", "mid_lumbar_root_symptom"}
+    assert set(findings) == {"lumbar_radiculopathy", "low_back_pain", "l3_l4_picture", "thigh_with_back_problem"}
     assert all(r.startswith("Condition/") for f in findings.values() for r in f["references"])
     assert [(f["outcome"], f["card_uuid"], f["accepted_suggestions"]) for f in likely["feedback"]] == [
         ("accepted", card["uuid"], [suggestion["uuid"]])

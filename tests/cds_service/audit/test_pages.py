@@ -350,8 +350,8 @@ def test_the_detail_page_shows_the_cards_findings_and_feedback(auditor: httpx.Cl
     html = unescape(response.text)
     assert card["summary"] in html
     assert 'class="card indicator-warning"' in html
-    assert "<strong>Assessment: likely</strong>" in html  # the detail Markdown, rendered
-    assert "<table>" in response.text.split('class="card-detail"')[1]
+    detail = response.text.split('class="card-detail"')[1]
+    assert "<strong>Likely</strong>" in detail and "<li>" in detail  # the detail Markdown, rendered
     with audit_log.engine.connect() as connection:
         assessment = connection.execute(select(Decision.assessment).where(Decision.id == likely.id)).scalar_one()
     for finding in assessment["findings"]:
@@ -359,6 +359,8 @@ def test_the_detail_page_shows_the_cards_findings_and_feedback(auditor: httpx.Cl
         for reference in finding["references"]:
             assert reference in html
         assert finding["date"] in html
+        if finding.get("counted_with"):  # what a finding added after the group rules, and with what it counted
+            assert f"counted with <code>{finding['counted_with']}</code>" in response.text
     model = audit_log.running.client.get("/model.json").json()
     assert model["version"] in html and model["hash"] in html
     assert "accepted" in response.text.split('id="feedback"')[1]
