@@ -16,8 +16,15 @@ from flask.json.provider import JSONProvider
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from cds_service.audit.throttle import AttemptStore, LoginThrottle, MemoryAttempts, RedisAttempts
-from cds_service.auth import Authenticator, DatabaseReplayStore, KeySets, RedisReplayStore, ReplayStore
+from cds_service.audit.throttle import AttemptStore, FallbackAttempts, LoginThrottle, MemoryAttempts, RedisAttempts
+from cds_service.auth import (
+    Authenticator,
+    DatabaseReplayStore,
+    FallbackReplayStore,
+    KeySets,
+    RedisReplayStore,
+    ReplayStore,
+)
 from cds_service.db import DecisionLog, make_engine, upgrade
 from cds_service.errors import register_error_handlers
 from cds_service.fetch import PrefetchFetcher
@@ -118,7 +125,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         import redis
 
         redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
-        replay, attempts = RedisReplayStore(redis_client), RedisAttempts(redis_client)
+        # a Redis outage must not stop the cards: the jti memory falls back to the database meanwhile
+        replay = FallbackReplayStore(RedisReplayStore(redis_client), DatabaseReplayStore(engine))
+        attempts = FallbackAttempts(RedisAttempts(redis_client), MemoryAttempts())
     else:
         # the jti memory in the database every worker shares (the SQLite file or PostgreSQL)
         replay, attempts = DatabaseReplayStore(engine), MemoryAttempts()
@@ -138,7 +147,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         decision_log=decision_log,
         authenticator=Authenticator(settings, replay, KeySets(settings.jwks_cache_seconds, settings.fetch_timeout_seconds)),
         hooks=hooks,
-        feedback=FeedbackPipeline(decision_log),
+        feedback=FeedbackPipeline(decision_log, settings.max_feedback_items),
         login_throttle=LoginThrottle(attempts, settings.login_max_failures, settings.login_lockout_seconds),
         redis=redis_client,
     )

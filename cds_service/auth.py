@@ -67,6 +67,42 @@ class RedisReplayStore:
         return bool(self._client.set(f"spine-cds:jti:{key}", b"1", nx=True, ex=ttl_seconds))
 
 
+class FallbackReplayStore:
+    """Redis first, the database while Redis is unreachable: hook calls keep being answered through a Redis
+    outage, and a jti first seen during it is remembered in the database.
+
+    After a failure Redis is left alone for `retry_after` seconds, so an outage costs one connect timeout,
+    not one per call. During an outage a jti that only Redis remembers is not seen; tokens live at most
+    JWT_MAX_LIFETIME_SECONDS, which bounds that window.
+    """
+
+    def __init__(
+        self, primary: ReplayStore, fallback: ReplayStore, retry_after: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.retry_after = retry_after
+        self._clock = clock
+        self._down_until = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        return self._clock() < self._down_until
+
+    def first_use(self, key: str, ttl_seconds: int) -> bool:
+        if not self.degraded:
+            try:
+                return self.primary.first_use(key, ttl_seconds)
+            except Exception as exc:  # any client error (connection refused, timeout, loading) means unreachable
+                log.warning(
+                    "Redis unreachable for the jti memory (%s); using the database for %.0f s",
+                    type(exc).__name__,
+                    self.retry_after,
+                )
+                self._down_until = self._clock() + self.retry_after
+        return self.fallback.first_use(key, ttl_seconds)
+
+
 def _claim_statement(postgres: bool) -> Insert:
     """INSERT ... ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE seen_tokens.expires_at < :now"""
     dialect_insert = postgresql.insert if postgres else sqlite.insert

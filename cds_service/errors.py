@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+import sqlalchemy.exc
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -44,6 +46,12 @@ class Unauthorized(ApiError):
         super().__init__(401, "unauthorized", "Unauthorized")
         self.reason = reason
 
+    @property
+    def reason_code(self) -> str:
+        """A stable code for the reason, for operators to count and alert on: its words before any ':' or '('."""
+        head = self.reason.split(":", 1)[0].split("(", 1)[0].strip().lower()
+        return "_".join(head.split()) or "rejected"
+
     def to_response(self) -> Response:
         response = Response(status=401)
         response.headers["WWW-Authenticate"] = "Bearer"
@@ -64,6 +72,28 @@ class TooManyAttempts(ApiError):
         return response
 
 
+class ServiceUnavailable(ApiError):
+    """503 with Retry-After: the decision log's database cannot be reached, so no answer can be logged."""
+
+    def __init__(self, retry_after: int = 2) -> None:
+        super().__init__(503, "database_unavailable", "The decision log's database is unavailable; retry shortly.")
+        self.retry_after = retry_after
+
+    def to_response(self) -> Response:
+        response = super().to_response()
+        response.headers["Retry-After"] = str(self.retry_after)
+        return response
+
+
+# the driver and pool errors that mean "the database cannot be reached now", not "this request is wrong"
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    psycopg.OperationalError,
+)
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:
@@ -73,6 +103,15 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(error: HTTPException) -> Response:
         status = error.code or 500
         return ApiError(status, _HTTP_CODES.get(status, "http_error"), error.description or error.name).to_response()
+
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    @app.errorhandler(sqlalchemy.exc.InterfaceError)
+    @app.errorhandler(sqlalchemy.exc.TimeoutError)
+    @app.errorhandler(psycopg.OperationalError)
+    def _database_unavailable(error: Exception) -> Response:
+        # the driver's message names the host, never the query's values
+        app.logger.warning("database unavailable: %s", type(error).__name__)
+        return ServiceUnavailable().to_response()
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

@@ -1,8 +1,12 @@
 """Completing the prefetch: fetching, from the EHR's FHIR server, the keys the EHR did not send.
 
-Keys the EHR omitted are fetched in parallel with short timeouts, following Bundle `next` links on
-the same server up to a page cap. A key sent as `null` means "no data" and is not fetched. When the
-data cannot be had the call fails with 412 Precondition Failed (CDS Hooks 2.0).
+Keys the EHR omitted are fetched in parallel, following Bundle `next` links on the same server up to a
+page cap; a prefetched Bundle with a `next` link has its further pages fetched the same way (without a
+fhirServer to read them from, the card notes that they were not read). All of a call's fetching shares
+one deadline, and every response is streamed and cut off at a size cap, so a server that drips bytes
+or answers without end holds a call no longer than the deadline. A key sent as `null` means "no data"
+and is not fetched. When missing data cannot be had the call fails with 412 Precondition Failed
+(CDS Hooks 2.0).
 
 The FHIR-server rule: the EHR's access token goes only where `cds_service.egress` allows. An issuer
 with `fhir_servers` configured may name only a server under one of those prefixes; an issuer without
@@ -19,8 +23,10 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import httpcore
@@ -40,6 +46,14 @@ _USER_TOKENS = {
     "userPatientId": "Patient",
     "userRelatedPersonId": "RelatedPerson",
 }
+
+
+class FetchTooLarge(ValueError):
+    """A FHIR response past the size cap: not read further."""
+
+
+class FetchDeadline(TimeoutError):
+    """The call's fetching deadline passed while a response was still arriving."""
 
 
 class PrefetchUnavailable(ApiError):
@@ -99,9 +113,13 @@ class PrefetchFetcher:
         max_pages: int,
         policy: EgressPolicy,
         *,
+        deadline: float | None = None,
+        max_bytes: int = 20 * 1024 * 1024,
         network_backend: httpcore.NetworkBackend | None = None,
     ) -> None:
         self.timeout = timeout
+        self.deadline = deadline if deadline is not None else timeout
+        self.max_bytes = max_bytes
         self.max_pages = max_pages
         self.policy = policy
         # servers an administrator listed for the issuer are connected to as they resolve; every other host
@@ -121,7 +139,14 @@ class PrefetchFetcher:
     ) -> PrefetchFetcher:
         """The fetcher the settings describe; `resolver` and `network_backend` are for tests."""
         policy = EgressPolicy.from_settings(settings, resolver=resolver)
-        return cls(settings.fetch_timeout_seconds, settings.fetch_max_pages, policy, network_backend=network_backend)
+        return cls(
+            settings.fetch_timeout_seconds,
+            settings.fetch_max_pages,
+            policy,
+            deadline=settings.fetch_deadline_seconds,
+            max_bytes=settings.fetch_max_response_bytes,
+            network_backend=network_backend,
+        )
 
     def complete(
         self,
@@ -137,15 +162,28 @@ class PrefetchFetcher:
         `issuer` is the calling EHR's JWT issuer, whose `fhir_servers` decide where its token may go.
         """
         missing = [key for key in templates if key not in prefetch]
+        continued = {key: link for key, value in prefetch.items() if (link := _next_link(value)) is not None}
         completed = dict(prefetch)
         notes: list[str] = []
-        if not missing:
+        if not missing and not continued:
             return completed, notes
-        if not fhir_server:
+        if missing and not fhir_server:
             raise PrefetchUnavailable("Prefetch keys are missing and no fhirServer was given to fetch them from.", missing)
-        base = self._allowed(fhir_server, issuer, missing)
-        if not access_token:
-            raise FhirAuthorizationRequired(missing)
+        if not fhir_server or not access_token:
+            if missing:
+                raise FhirAuthorizationRequired(missing)
+            notes += [f"Prefetch '{key}' has further pages that were not read (no fhirServer with a token)." for key in continued]
+            return completed, notes
+        if not missing:
+            try:
+                base = self.policy.check_url(fhir_server, issuer)
+            except EgressRefused as exc:
+                # the prefetch is complete as sent; the rest of its pages stay unread, and the card says so
+                log.warning("did not read further prefetch pages of a call from issuer %r: %s", issuer, exc.reason)
+                notes += [f"Prefetch '{key}' has further pages that were not read (fhirServer not allowed)." for key in continued]
+                return completed, notes
+        else:
+            base = self._allowed(fhir_server, issuer, missing)
         urls: dict[str, httpx.URL] = {}
         for key in missing:
             rendered = render_template(templates[key], context)
@@ -155,24 +193,60 @@ class PrefetchFetcher:
             if not same_origin(url, base):
                 raise self._refusal(issuer, EgressRefused("a prefetch URL built from it leaves its server"), [key])
             urls[key] = url
+        further: dict[str, httpx.URL] = {}
+        for key, link in continued.items():
+            next_url, note = self._next(link, key, base, issuer)
+            if next_url is None:
+                notes.append(note or f"A further page of '{key}' was not fetched.")
+            else:
+                further[key] = next_url
         headers = {"Accept": "application/fhir+json", "Authorization": f"Bearer {access_token}"}
         client = self._listed_client if self.policy.listed(issuer) else self._checked_client
-        futures = {key: self._pool.submit(self._fetch, client, key, url, base, issuer, headers) for key, url in urls.items()}
+        deadline = time.monotonic() + self.deadline
+        futures = {
+            key: self._pool.submit(self._fetch, client, key, url, base, issuer, headers, deadline, self.max_pages)
+            for key, url in urls.items()
+        }
+        # the first page came with the prefetch: the page cap counts it
+        more = {
+            key: self._pool.submit(self._fetch, client, key, url, base, issuer, headers, deadline, self.max_pages - 1)
+            for key, url in further.items()
+            if self.max_pages > 1
+        }
         failed: list[str] = []
         refused: list[tuple[str, EgressRefused]] = []
         for key, future in futures.items():
             try:
-                completed[key], key_notes = future.result()
+                completed[key], key_notes = self._result(future, deadline)
                 notes.extend(key_notes)
             except EgressRefused as exc:  # the address check on connecting
                 refused.append((key, exc))
-            except (httpx.HTTPError, ValueError):
+            except (httpx.HTTPError, ValueError, TimeoutError):
                 failed.append(key)
+        for key, future in more.items():
+            try:
+                pages, key_notes = self._result(future, deadline)
+            except (EgressRefused, httpx.HTTPError, ValueError, TimeoutError):
+                # the prefetch the EHR sent stands; the card says the rest could not be read
+                notes.append(f"Further pages of the prefetched '{key}' could not be read from the FHIR server.")
+                continue
+            completed[key] = [prefetch[key], *(pages if isinstance(pages, list) else [pages])]
+            notes.extend(key_notes)
         if refused:
             raise self._refusal(issuer, refused[0][1], sorted(key for key, _ in refused))
         if failed:
             raise PrefetchUnavailable("The FHIR server did not provide the data this service needs.", sorted(failed))
         return completed, notes
+
+    @staticmethod
+    def _result(future: Future[tuple[Any, list[str]]], deadline: float) -> tuple[Any, list[str]]:
+        """The fetch's result by the call's deadline: the request thread never waits past it (the fetch
+        itself stops at the deadline too, at its next chunk)."""
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()) + 0.25)
+        except FutureTimeout:
+            future.cancel()
+            raise FetchDeadline("the fetching deadline passed") from None
 
     def _allowed(self, url: str, issuer: str, keys: list[str]) -> httpx.URL:
         try:
@@ -187,29 +261,52 @@ class PrefetchFetcher:
         return FhirServerNotAllowed(refused.reason, keys)
 
     def _fetch(
-        self, client: httpx.Client, key: str, url: httpx.URL, base: httpx.URL, issuer: str, headers: dict[str, str]
+        self,
+        client: httpx.Client,
+        key: str,
+        url: httpx.URL,
+        base: httpx.URL,
+        issuer: str,
+        headers: dict[str, str],
+        deadline: float,
+        max_pages: int,
     ) -> tuple[Any, list[str]]:
         pages: list[Any] = []
         notes: list[str] = []
         next_url: httpx.URL | None = url
         while next_url:
-            if len(pages) == self.max_pages:
+            if len(pages) == max_pages:
                 notes.append(f"Only the first {self.max_pages} pages of '{key}' were read; the record may hold more.")
                 break
-            response = client.get(next_url, headers=headers)
-            response.raise_for_status()  # a redirect too: it is never followed
-            page = orjson.loads(response.content)
+            page = orjson.loads(self._read(client, next_url, headers, deadline))
             if not isinstance(page, dict) or "resourceType" not in page:
                 raise ValueError("not a FHIR resource")
             pages.append(page)
             next_url = None
-            if page["resourceType"] == "Bundle":
-                for link in page.get("link") or []:
-                    if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-                        next_url, note = self._next(link["url"], key, base, issuer)
-                        if note:
-                            notes.append(note)
+            link = _next_link(page)
+            if link is not None:
+                next_url, note = self._next(link, key, base, issuer)
+                if note:
+                    notes.append(note)
         return (pages[0] if len(pages) == 1 else pages), notes
+
+    def _read(self, client: httpx.Client, url: httpx.URL, headers: dict[str, str], deadline: float) -> bytes:
+        """One response body, streamed: cut off at the size cap and at the call's deadline."""
+        if time.monotonic() >= deadline:
+            raise FetchDeadline("the fetching deadline passed")
+        with client.stream("GET", url, headers=headers) as response:
+            response.raise_for_status()  # a redirect too: it is never followed
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                raise FetchTooLarge(f"a response of {declared} bytes is over the cap")
+            body = bytearray()
+            for chunk in response.iter_bytes():  # decoded: the cap holds against a compressed bomb
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise FetchTooLarge(f"a response over {self.max_bytes} bytes")
+                if time.monotonic() >= deadline:
+                    raise FetchDeadline("the fetching deadline passed")
+        return bytes(body)
 
     def _next(self, link: str, key: str, base: httpx.URL, issuer: str) -> tuple[httpx.URL | None, str | None]:
         """A `next` link to follow, or a note on why it is not: the token goes only where the policy allows."""
@@ -226,3 +323,16 @@ class PrefetchFetcher:
         if other_server:
             return None, f"A further page of '{key}' on another server was not fetched."
         return None, f"A further page of '{key}' outside the FHIR server this service may read was not fetched."
+
+
+def _next_link(value: Any) -> str | None:
+    """The `next` link of a searchset Bundle, if it has one (the last page of a list of pages)."""
+    if isinstance(value, list):
+        value = value[-1] if value else None
+    if not isinstance(value, dict) or value.get("resourceType") != "Bundle":
+        return None
+    links = value.get("link")
+    for link in links if isinstance(links, list) else ():
+        if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+            return str(link["url"])
+    return None

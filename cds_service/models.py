@@ -223,8 +223,18 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    # no pre-ping: it costs a round trip per request; a dropped connection fails one request and is replaced
-    return create_engine(url, pool_size=5, max_overflow=5, pool_recycle=1800, json_serializer=json_text)
+    # no pre-ping: it costs a round trip per request; a dropped connection fails one request and is replaced.
+    # A database that is down answers within the connect timeout, and a full pool within pool_timeout: both
+    # become a 503 with Retry-After, never a request held for half a minute
+    return create_engine(
+        url,
+        pool_size=5,
+        max_overflow=5,
+        pool_recycle=1800,
+        pool_timeout=2,
+        connect_args={"connect_timeout": 2},
+        json_serializer=json_text,
+    )
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from cds_service.auth import Caller
-from cds_service.db import Decision, DecisionLog, Feedback, SnoozeRule
-from cds_service.errors import ApiError
+from cds_service.db import CardDecision, Decision, DecisionLog, Feedback, SnoozeRule
+from cds_service.edge import FeedbackItem, HookRequestBody, invalid, parse_json
+from cds_service.errors import DATABASE_UNAVAILABLE, ApiError
 from cds_service.fetch import PrefetchFetcher
 from cds_service.settings import Settings
 from hooks.cards import OVERRIDE_REASONS, OVERRIDE_SYSTEM, CardOptions
@@ -42,13 +44,6 @@ class HookRequest:
 
 def _bad(message: str, **details: Any) -> ApiError:
     return ApiError(400, "invalid_request", message, **details)
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "malformed_json", "The request body is not valid JSON.") from None
 
 
 def validate_hook_request(document: Any, service: ServiceDeclaration) -> HookRequest:
@@ -99,6 +94,10 @@ def validate_hook_request(document: Any, service: ServiceDeclaration) -> HookReq
         prefetch = {}
     if not isinstance(prefetch, dict):
         raise _bad("'prefetch' must be an object.", field="prefetch")
+    try:  # the bounds: column lengths, FHIR ids, URLs that parse, no control characters
+        HookRequestBody.model_validate(document)
+    except ValidationError as exc:
+        raise invalid(exc) from None
     return HookRequest(hook, instance, context, prefetch, fhir_server, token)
 
 
@@ -160,8 +159,9 @@ class HookPipeline:
                 raise ApiError(404, "unknown_service", f"No CDS service '{service_id}'.")
             document = parse_json(body or b"")
             if isinstance(document, dict):
-                row.hook = document.get("hook") if isinstance(document.get("hook"), str) else None
-                row.hook_instance = document.get("hookInstance") if isinstance(document.get("hookInstance"), str) else None
+                # kept only when they fit their columns: an oversized one is what the 400 will be about
+                row.hook = _bounded(document.get("hook"), 100)
+                row.hook_instance = _bounded(document.get("hookInstance"), 200)
                 row.input_digest = self.input_digest(document)
             request = validate_hook_request(document, service)
             row.user_id = self._user(request.context.get("userId"))
@@ -189,6 +189,16 @@ class HookPipeline:
             row.latency_ms = (time.perf_counter() - started) * 1000
             self.log.append(row)
             raise
+        except DATABASE_UNAVAILABLE:
+            raise  # nothing can be logged: the handler answers 503 with Retry-After, and no card leaves
+        except Exception:
+            # every authenticated call is logged, a failure of the service's own included: the row goes
+            # in before the 500 leaves (without the request's contents, which may be what failed)
+            log.exception("hook call failed")
+            row.outcome, row.status_code = "internal_error", 500
+            row.latency_ms = (time.perf_counter() - started) * 1000
+            self.log.append(row)
+            raise ApiError(500, "internal_error", "The service failed to handle the request.") from None
         assessment = evaluation.assessment
         cards = evaluation.cards
         outcome = "cards" if cards else "no-card"
@@ -219,12 +229,10 @@ def _swap(value: Any, old: str, new: str) -> Any:
     return new if value == old else value
 
 
-_OUTCOMES = ("accepted", "overridden")
-
-
 class FeedbackPipeline:
-    def __init__(self, decision_log: DecisionLog) -> None:
+    def __init__(self, decision_log: DecisionLog, max_items: int = 1000) -> None:
         self.log = decision_log
+        self.max_items = max_items
 
     def handle(self, service_id: str, body: bytes, caller: Caller) -> dict[str, Any]:
         if service_id not in SERVICES_BY_ID:
@@ -233,19 +241,32 @@ class FeedbackPipeline:
         items = document.get("feedback") if isinstance(document, dict) else None
         if not isinstance(items, list) or not items:
             raise _bad("The body must be an object with a non-empty 'feedback' array.", field="feedback")
-        stored = duplicates = 0
+        if len(items) > self.max_items:
+            raise ApiError(
+                413,
+                "too_many_items",
+                f"At most {self.max_items} feedback items per call; send the rest in another.",
+                field="feedback",
+            )
         rejected: list[dict[str, Any]] = []
+        parsed: list[tuple[int, FeedbackItem]] = []
         for index, item in enumerate(items):
             try:
-                row = self._row(service_id, item, caller)
+                parsed.append((index, _feedback_item(item, index)))
             except ApiError as exc:
                 rejected.append({"index": index, "code": exc.code, "message": exc.message})
-                continue
-            if self.log.add_feedback(row):
-                stored += 1
-            else:
-                duplicates += 1
+        decisions = self.log.decisions_for_cards(service_id, [i.card for _, i in parsed], caller.issuer, caller.tenant)
+        rows: list[Feedback] = []
+        for index, item in parsed:
+            try:
+                rows.append(self._row(service_id, item, decisions.get(item.card), caller))
+            except ApiError as exc:
+                rejected.append({"index": index, "code": exc.code, "message": exc.message})
+        results = self.log.add_feedback_batch(rows)
+        stored = sum(results)
+        duplicates = len(results) - stored
         if rejected:
+            rejected.sort(key=lambda r: int(r["index"]))
             status = 404 if all(r["code"] == "unknown_card" for r in rejected) else 400
             raise ApiError(
                 status,
@@ -256,56 +277,54 @@ class FeedbackPipeline:
             )
         return {"stored": stored, "duplicates": duplicates}
 
-    def _row(self, service_id: str, item: Any, caller: Caller) -> Feedback:
-        if not isinstance(item, dict):
-            raise _bad("A feedback item must be an object.")
-        card = item.get("card")
-        outcome = item.get("outcome")
-        timestamp = item.get("outcomeTimestamp")
-        if not isinstance(card, str) or not card:
-            raise _bad("feedback.card is required.")
-        if outcome not in _OUTCOMES:
-            raise _bad("feedback.outcome must be 'accepted' or 'overridden'.")
-        if not isinstance(timestamp, str) or _timestamp(timestamp) is None:
+    def _row(self, service_id: str, item: FeedbackItem, decision: CardDecision | None, caller: Caller) -> Feedback:
+        if _timestamp(item.outcomeTimestamp) is None:
             raise _bad("feedback.outcomeTimestamp must be an ISO 8601 date-time.")
-        decision = self.log.decision_for_card(service_id, card, caller.issuer, caller.tenant)
         if decision is None:
-            raise ApiError(404, "unknown_card", f"Card '{card}' was not issued by service '{service_id}'.")
+            raise ApiError(404, "unknown_card", f"Card '{item.card}' was not issued by service '{service_id}'.")
         accepted: list[str] = []
         code = system = comment = None
-        if outcome == "accepted":
-            suggestions = item.get("acceptedSuggestions")
-            if not isinstance(suggestions, list) or not suggestions:
+        if item.outcome == "accepted":
+            if not item.acceptedSuggestions:
                 raise _bad("feedback.acceptedSuggestions is required when the outcome is 'accepted'.")
-            for suggestion in suggestions:
-                sid = suggestion.get("id") if isinstance(suggestion, dict) else None
-                if not isinstance(sid, str) or sid not in (decision.suggestion_uuids or []):
+            for suggestion in item.acceptedSuggestions:
+                if suggestion.id not in (decision.suggestion_uuids or []):
                     raise ApiError(400, "unknown_suggestion", "acceptedSuggestions names a suggestion this card did not carry.")
-                accepted.append(sid)
-        else:
-            reason = item.get("overrideReason")
-            if reason is not None:
-                if not isinstance(reason, dict):
-                    raise _bad("feedback.overrideReason must be an object.")
-                coding = reason.get("reason")
-                if isinstance(coding, dict):
-                    code = coding.get("code") if isinstance(coding.get("code"), str) else None
-                    system = coding.get("system") if isinstance(coding.get("system"), str) else None
-                comment = reason.get("userComment") if isinstance(reason.get("userComment"), str) else None
+                accepted.append(suggestion.id)
+        elif item.overrideReason is not None:
+            coding = item.overrideReason.reason
+            if isinstance(coding, dict):
+                code = _bounded(coding.get("code"), 100)
+                system = _bounded(coding.get("system"), 200)
+            comment = item.overrideReason.userComment
         return Feedback(
             decision_id=decision.id,
             service_id=service_id,
-            card_uuid=card,
-            outcome=outcome,
-            outcome_timestamp=timestamp,
+            card_uuid=item.card,
+            outcome=item.outcome,
+            outcome_timestamp=item.outcomeTimestamp,
             accepted_suggestions=accepted,
             override_code=code,
             override_system=system,
-            override_comment=comment[:2000] if comment else None,
+            override_comment=comment or None,
             issuer=caller.issuer,
             tenant=caller.tenant,
             patient_pseudonym=decision.patient_pseudonym,
         )
+
+
+def _bounded(value: Any, length: int) -> str | None:
+    """A string that fits its column, else None: an unusable reason code is kept as no code."""
+    return value if isinstance(value, str) and 0 < len(value) <= length else None
+
+
+def _feedback_item(item: Any, index: int) -> FeedbackItem:
+    if not isinstance(item, dict):
+        raise _bad("A feedback item must be an object.")
+    try:
+        return FeedbackItem.model_validate(item)
+    except ValidationError as exc:
+        raise invalid(exc, prefix=f"feedback[{index}].") from None
 
 
 def _timestamp(value: str) -> datetime | None:

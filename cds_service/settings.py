@@ -108,8 +108,15 @@ class Settings(BaseModel):
     jti_ttl_seconds: int = Field(3600, ge=60)
     jwks_cache_seconds: int = Field(600, ge=0)
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    # feedback items per call: a batch past this answers 413 (the items go in one transaction)
+    max_feedback_items: int = Field(1000, ge=1, le=100_000)
     fetch_timeout_seconds: float = Field(3.0, gt=0, le=30)
+    # all of a call's fetching (missing keys, further pages of prefetched Bundles) ends by this deadline;
+    # a FHIR server that drips bytes is cut off there, not held per read
+    fetch_deadline_seconds: float = Field(3.0, gt=0, le=60)
     fetch_max_pages: int = Field(10, ge=1, le=1000)
+    # one FHIR response larger than this is not read (streamed and cut off at the cap)
+    fetch_max_response_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     # how long feedback silences a service's cards for that patient at that EHR (issuer and tenant), in
     # days, 0 for not at all: `snooze_days` for any override, `snooze_days_by_reason` for each override
     # reason code and for `accepted` (merged over DEFAULT_SNOOZE_DAYS_BY_REASON)

@@ -150,14 +150,15 @@ def detail_markdown(model: Model, assessment: Assessment, options: CardOptions, 
     findings = [c for c in assessment.findings if c.evidence]
     if findings:
         rows = _contribution_lines(model, findings, assessment)
-        lines += ["", "**For a lumbar source:**", *rows[:limit]]
+        # a blank line before a list: not every Markdown renderer lets a list interrupt a paragraph
+        lines += ["", "**For a lumbar source:**", "", *rows[:limit]]
         if len(rows) > limit:
             lines.append(f"- and {len(rows) - limit} more")
     if assessment.not_counted:
         aside = "; ".join(f"{_md(n.evidence.name)} ({n.reason})" for n in assessment.not_counted[:3])
         lines += ["", f"**Not counted:** {aside}."]
     if assessment.alternatives:
-        lines += ["", "**Against:**", *_contribution_lines(model, assessment.alternatives, assessment)[:3]]
+        lines += ["", "**Against:**", "", *_contribution_lines(model, assessment.alternatives, assessment)[:3]]
         lines += [f"- Consider: {c.signal.advice}" for c in assessment.alternatives if c.signal.advice]
     if assessment.missing_inputs:
         lines += ["", f"**Not in the record:** {'; '.join(assessment.missing_inputs)}."]

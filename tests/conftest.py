@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ import pytest
 import redis
 
 from hooks.model import Model, load_model
+from tests.servers import ScratchPostgres, ScratchRedis
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -77,3 +79,36 @@ def shared_data() -> Path:
             pytest.fail(f"{SHARED_DATA} is missing in CI")
         pytest.skip(f"{SHARED_DATA} is not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[ScratchRedis]:
+    """A Redis server of the test's own on a free port, to kill; never the machine's."""
+    server = ScratchRedis(tmp_path / "redis")
+    server.directory.mkdir()
+    try:
+        server.start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        unavailable(f"cannot start a scratch Redis: {exc}")
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[ScratchPostgres]:
+    """A PostgreSQL cluster of the test's own on a free port, to kill; never the machine's."""
+    try:
+        server = ScratchPostgres()
+    except FileNotFoundError as exc:
+        unavailable(f"cannot start a scratch PostgreSQL: {exc}")
+    try:
+        try:
+            server.init()
+            server.start()
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            unavailable(f"cannot start a scratch PostgreSQL: {exc}")
+        yield server
+    finally:
+        server.remove()

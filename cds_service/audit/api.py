@@ -17,7 +17,7 @@ from flask import Blueprint, Response, jsonify, request, stream_with_context
 from cds_service.app import components
 from cds_service.audit import export, openapi
 from cds_service.audit.accounts import Auditor, auditor_required
-from cds_service.audit.queries import DecisionFilters, get_decision, list_decisions, page_args, stats
+from cds_service.audit.queries import MAX_ID, DecisionFilters, get_decision, list_decisions, page_args, stats
 from cds_service.errors import ApiError
 
 bp = Blueprint("audit_api", __name__, url_prefix="/audit/api")
@@ -72,6 +72,8 @@ def decisions(auditor: Auditor) -> Response:
 @bp.get("/decisions/<int:decision_id>")
 @auditor_only
 def decision(decision_id: int, auditor: Auditor) -> Response:
+    if not 1 <= decision_id <= MAX_ID:
+        raise ApiError(404, "not_found", "No such decision: ids run from 1 to 2147483647.")
     _record(auditor, "api.view", {"id": decision_id})
     found = get_decision(components().engine, decision_id)
     if found is None:

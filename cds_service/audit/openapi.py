@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cds_service.audit.queries import MAX_PER_PAGE, SORTABLE, SUMMARY_COLUMNS
+from cds_service.audit.queries import MAX_ID, MAX_PAGE, MAX_PER_PAGE, SORTABLE, SUMMARY_COLUMNS
 
 _STRING = {"type": "string"}
 _NULLABLE_STRING = {"type": ["string", "null"]}
@@ -46,7 +46,7 @@ PAGE_PARAMETERS: list[dict[str, Any]] = [
         "-created_at",
         {"type": "string", "enum": sorted(SORTABLE | {f"-{c}" for c in SORTABLE}), "default": "-created_at"},
     ),
-    _query("page", "The page, from 1.", 1, {"type": "integer", "minimum": 1, "default": 1}),
+    _query("page", "The page, from 1.", 1, {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}),
     _query("per_page", "Decisions per page.", 50, {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE, "default": 50}),
 ]
 
@@ -137,7 +137,14 @@ def document() -> dict[str, Any]:
                 "get": {
                     "operationId": "getDecision",
                     "summary": "One decision in full",
-                    "parameters": [{"name": "decision_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                    "parameters": [
+                        {
+                            "name": "decision_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                        }
+                    ],
                     "responses": {
                         "200": {
                             "description": "The decision with its cards as shown (the patient reference masked), "

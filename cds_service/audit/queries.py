@@ -37,6 +37,11 @@ SUMMARY_COLUMNS = (
     "model_version",
 )
 MAX_PER_PAGE = 500
+# decision ids are a 32-bit column on PostgreSQL; pages and filters are bounded so no value reaches the
+# database that it cannot compare
+MAX_ID = 2**31 - 1
+MAX_PAGE = 1_000_000
+MAX_FILTER_LENGTH = 500
 SelectT = TypeVar("SelectT", bound=Select[*tuple[Any, ...]])
 
 
@@ -74,6 +79,10 @@ class DecisionFilters:
 
         def text(name: str) -> str | None:
             value = (args.get(name) or "").strip()
+            if any(ord(c) < 32 or ord(c) == 127 for c in value) or len(value) > MAX_FILTER_LENGTH:
+                raise ApiError(
+                    400, "invalid_filter", f"'{name}' must be at most {MAX_FILTER_LENGTH} characters without control characters."
+                )
             return value or None
 
         start = _day(args["from"], "from", end=False) if text("from") else None
@@ -147,8 +156,8 @@ def page_args(args: Mapping[str, str]) -> tuple[str, int, int]:
         per_page = int(args.get("per_page") or 50)
     except ValueError:
         raise ApiError(400, "invalid_page", "'page' and 'per_page' must be whole numbers.") from None
-    if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
-        raise ApiError(400, "invalid_page", f"'page' starts at 1; 'per_page' is between 1 and {MAX_PER_PAGE}.")
+    if not 1 <= page <= MAX_PAGE or not 1 <= per_page <= MAX_PER_PAGE:
+        raise ApiError(400, "invalid_page", f"'page' is between 1 and {MAX_PAGE}; 'per_page' is between 1 and {MAX_PER_PAGE}.")
     return sort, page, per_page
 
 
@@ -193,6 +202,8 @@ def feedback_for(engine: Engine, decision_ids: list[int]) -> dict[int, list[dict
 
 def get_decision(engine: Engine, decision_id: int) -> dict[str, Any] | None:
     """One decision in full: every column (cards exactly as shown, findings, model) and its feedback."""
+    if not 1 <= decision_id <= MAX_ID:  # beyond the column's range there is no such decision to look up
+        return None
     with engine.connect() as connection:
         row = connection.execute(select(Decision).where(Decision.id == decision_id)).first()
     if row is None:

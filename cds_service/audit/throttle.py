@@ -80,6 +80,57 @@ class RedisAttempts:
         self._client.delete(f"spine-cds:login:{key}")
 
 
+class FallbackAttempts:
+    """Redis counters, and this process's own while Redis is unreachable: auditors can still log in (with a
+    per-process limit) through an outage. Redis is retried `retry_after` seconds after a failure."""
+
+    def __init__(
+        self, primary: AttemptStore, fallback: AttemptStore, retry_after: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.retry_after = retry_after
+        self._clock = clock
+        self._down_until = 0.0
+
+    def _store(self) -> AttemptStore:
+        return self.fallback if self._clock() < self._down_until else self.primary
+
+    def _failed(self, exc: Exception) -> None:
+        log.warning(
+            "Redis unreachable for login limits (%s); counting in this process for %.0f s", type(exc).__name__, self.retry_after
+        )
+        self._down_until = self._clock() + self.retry_after
+
+    def count(self, key: str) -> tuple[int, int]:
+        store = self._store()
+        try:
+            return store.count(key)
+        except Exception as exc:
+            if store is self.fallback:
+                raise
+            self._failed(exc)
+            return self.fallback.count(key)
+
+    def add(self, key: str, window_seconds: int) -> None:
+        store = self._store()
+        try:
+            store.add(key, window_seconds)
+        except Exception as exc:
+            if store is self.fallback:
+                raise
+            self._failed(exc)
+            self.fallback.add(key, window_seconds)
+
+    def clear(self, key: str) -> None:
+        self.fallback.clear(key)
+        if self._store() is self.primary:
+            try:
+                self.primary.clear(key)
+            except Exception as exc:
+                self._failed(exc)
+
+
 class LoginThrottle:
     ADDRESS_FACTOR = 5
 

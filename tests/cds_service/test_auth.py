@@ -163,10 +163,14 @@ def assert_bare_401(response: httpx.Response) -> None:
 
 
 def rejection_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """The reasons logged for the 401s so far, in order (the service logs "rejected call to <path>: <reason>")."""
-    prefix = "rejected call to "
+    """The reasons logged for the 401s so far, in order (the service logs "refused <method> <path>: <code>; <reason>")."""
     messages = [r.getMessage() for r in caplog.records if r.name == "cds_service.auth"]
-    return [m.split(": ", 1)[1] for m in messages if m.startswith(prefix)]
+    return [m.split(": ", 1)[1].split("; ", 1)[1] for m in messages if m.startswith("refused ")]
+
+
+def rejection_codes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    messages = [r.getMessage() for r in caplog.records if r.name == "cds_service.auth"]
+    return [m.split(": ", 1)[1].split("; ", 1)[0] for m in messages if m.startswith("refused ")]
 
 
 def jwks_peer(holder: dict[str, Any]) -> HttpPeer:
@@ -998,7 +1002,7 @@ def test_tokens_are_never_logged_or_stored(
 
     secrets = [access_token, *tokens, *(token.rsplit(".", 1)[1] for token in tokens)]
     messages = [record.getMessage() + "\n" + (record.exc_text or "") for record in caplog.records]
-    assert any("rejected call" in message for message in messages), "the rejections were expected in the log"
+    assert any(message.startswith("refused ") for message in messages), "the rejections were expected in the log"
     for secret in secrets:
         assert not [m for m in messages if secret in m]
 

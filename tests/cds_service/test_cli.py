@@ -32,16 +32,18 @@ def test_demo_once_calls_every_profile_prints_cards_and_sends_feedback(tmp_path:
 
 
 @contextmanager
-def serving(env: dict[str, str], *options: str) -> Iterator[str]:
-    """`spine-cds serve` on a listening socket the test owns (requests queue until gunicorn serves); yields its URL."""
+def serving(env: dict[str, str], *options: str, log: Path | None = None) -> Iterator[str]:
+    """`spine-cds serve` on a listening socket the test owns (requests queue until gunicorn serves); yields its URL.
+    With `log`, gunicorn's output (its error log, where the service's own lines go) is written there."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
+    output = log.open("wb") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(
         [sys.executable, "-m", "cds_service.cli", "serve", "--bind", f"fd://{listener.fileno()}", *options],
         env=env,
         pass_fds=(listener.fileno(),),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
     )
     listener.close()
     try:
@@ -49,6 +51,8 @@ def serving(env: dict[str, str], *options: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+        if log is not None:
+            output.close()  # type: ignore[union-attr]
 
 
 def test_serve_runs_gunicorn_with_migrations_and_a_shared_pseudonym_key(tmp_path: Path) -> None:
@@ -76,10 +80,11 @@ def test_a_jwt_replayed_to_another_serve_process_on_the_same_instance_is_refused
         "SPINE_CDS_PUBLIC_BASE_URL": public,
     }
     token = {"Authorization": f"Bearer {ehr.token(public + '/cds-services')}"}
+    second_log = tmp_path / "second.log"
     with serving(env, "--workers", "1") as first:
         # the first is serving (and has migrated the database) before the second starts
         assert httpx.get(f"{first}/readyz", timeout=60).status_code == 200
-        with serving(env, "--workers", "1") as second:
+        with serving(env, "--workers", "1", log=second_log) as second:
             assert httpx.get(f"{second}/readyz", timeout=60).status_code == 200
             accepted = httpx.get(f"{first}/cds-services", headers=token, timeout=10)
             assert accepted.status_code == 200, accepted.text
@@ -87,6 +92,10 @@ def test_a_jwt_replayed_to_another_serve_process_on_the_same_instance_is_refused
             replayed = httpx.get(f"{second}/cds-services", headers=token, timeout=10)
             assert replayed.status_code == 401
             assert replayed.content == b""
+    # the refusal explains itself in gunicorn's log, with its reason code and never the token
+    lines = second_log.read_text(encoding="utf-8", errors="replace")
+    assert "refused GET /cds-services: replay; replay: jti already used" in lines
+    assert token["Authorization"].split()[1] not in lines
     # the one remembered jti is in the SQLite file of the instance folder, as a digest
     database = make_engine(f"sqlite:///{tmp_path / 'instance' / 'spine-cds.sqlite3'}")
     try:

@@ -89,14 +89,23 @@ def test_readyz_checks_redis_when_configured(service_factory: Callable[..., Runn
     assert len(assert_cards_response(running.post("/cds-services/spine-knee-patient-view", patient_view()))) == 1
 
 
-def test_readyz_is_503_when_redis_is_down(service_factory: Callable[..., RunningService]) -> None:
+def test_readyz_says_degraded_when_redis_is_down_and_calls_still_get_cards(
+    service_factory: Callable[..., RunningService],
+) -> None:
+    """Redis holds only the jti memory and login limits: without it the service answers (the jti memory falls
+    back to the database), so it stays ready, marked degraded."""
     running = service_factory(redis_url="redis://127.0.0.1:1/0")
     response = running.client.get("/readyz")
-    assert response.status_code == 503
+    assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "not ready"
+    assert body["status"] == "degraded"
     assert body["checks"]["database"] == "ok"
     assert body["checks"]["redis"].startswith("unavailable")
+    path = "/cds-services/spine-knee-patient-view"
+    headers = running.headers(path)
+    assert len(assert_cards_response(running.client.post(path, json=patient_view(), headers=headers))) == 1
+    # the fallback remembers the jti: the same token again is a replay
+    assert running.client.post(path, json=patient_view(), headers=headers).status_code == 401
 
 
 def test_readyz_is_503_when_the_database_is_down(service_factory: Callable[..., RunningService]) -> None:

@@ -112,7 +112,7 @@ def test_an_auditor_logs_in_searches_opens_a_decision_and_sees_the_charts(
     summary = wait(driver).until(ec.visibility_of_element_located((By.CSS_SELECTOR, "h3.card-summary")))
     assert summary.text == likely.cards[0]["summary"]
     assert path_of(driver) == f"/audit/decisions/{likely.id}"
-    assert driver.find_elements(By.CSS_SELECTOR, ".card-detail table")  # the detail's Markdown table, rendered
+    assert driver.find_elements(By.CSS_SELECTOR, ".card-detail li")  # the detail's Markdown list of findings, rendered
     assert len(driver.find_elements(By.CSS_SELECTOR, "tr.finding")) >= 1
     assert "accepted" in driver.find_element(By.ID, "feedback").text
 
