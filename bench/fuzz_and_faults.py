@@ -19,7 +19,6 @@ Asserts nothing about time; prints the figures (and JSON on stderr).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import random
 import sys
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_hooks import ISSUER, Signer, gunicorn  # noqa: E402
 from cds_service.models import make_engine, upgrade  # noqa: E402
 from hooks.synthetic import generate, prefetch_for  # noqa: E402
+from tests.fuzzing import paths, replaced  # noqa: E402
 from tests.servers import ScratchPostgres, ScratchRedis  # noqa: E402
 
 PATIENT_VIEW = "/cds-services/spine-knee-patient-view"
@@ -62,26 +62,10 @@ def patient_view(seed: int) -> dict[str, Any]:
     }
 
 
-def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix] if prefix else []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found += paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found += paths(item, (*prefix, index))
-    return found
-
-
 def mutate(document: Any, rng: random.Random) -> Any:
-    out = copy.deepcopy(document)
+    out = document
     for _ in range(rng.randint(1, 3)):
-        where = rng.choice(paths(out))
-        target = out
-        for part in where[:-1]:
-            target = target[part]
-        if isinstance(target, (dict, list)):
-            target[where[-1]] = copy.deepcopy(rng.choice(HOSTILE))
+        out = replaced(out, rng.choice(paths(out)), rng.choice(HOSTILE))
     if rng.random() < 0.03:
         nested: Any = []
         for _ in range(rng.randint(240, 320)):

@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from cds_service.errors import Unauthorized
+from cds_service.fallback import Breaker
 from cds_service.models import DriverStatement, SeenToken
 from cds_service.settings import Settings, TrustedIssuer
 
@@ -69,37 +70,21 @@ class RedisReplayStore:
 
 class FallbackReplayStore:
     """Redis first, the database while Redis is unreachable: hook calls keep being answered through a Redis
-    outage, and a jti first seen during it is remembered in the database.
-
-    After a failure Redis is left alone for `retry_after` seconds, so an outage costs one connect timeout,
-    not one per call. During an outage a jti that only Redis remembers is not seen; tokens live at most
-    JWT_MAX_LIFETIME_SECONDS, which bounds that window.
+    outage, and a jti first seen during it is remembered in the database. During an outage a jti that only
+    Redis remembers is not seen; tokens live at most JWT_MAX_LIFETIME_SECONDS, which bounds that window.
     """
 
-    def __init__(
-        self, primary: ReplayStore, fallback: ReplayStore, retry_after: float = 5.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, primary: ReplayStore, fallback: ReplayStore, breaker: Breaker | None = None) -> None:
         self.primary = primary
         self.fallback = fallback
-        self.retry_after = retry_after
-        self._clock = clock
-        self._down_until = 0.0
-
-    @property
-    def degraded(self) -> bool:
-        return self._clock() < self._down_until
+        self.breaker = breaker or Breaker("the jti memory")
 
     def first_use(self, key: str, ttl_seconds: int) -> bool:
-        if not self.degraded:
+        if not self.breaker.open:
             try:
                 return self.primary.first_use(key, ttl_seconds)
             except Exception as exc:  # any client error (connection refused, timeout, loading) means unreachable
-                log.warning(
-                    "Redis unreachable for the jti memory (%s); using the database for %.0f s",
-                    type(exc).__name__,
-                    self.retry_after,
-                )
-                self._down_until = self._clock() + self.retry_after
+                self.breaker.trip(exc)
         return self.fallback.first_use(key, ttl_seconds)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from cds_service.errors import TooManyAttempts
+from cds_service.fallback import Breaker
 
 log = logging.getLogger(__name__)
 
@@ -82,53 +83,37 @@ class RedisAttempts:
 
 class FallbackAttempts:
     """Redis counters, and this process's own while Redis is unreachable: auditors can still log in (with a
-    per-process limit) through an outage. Redis is retried `retry_after` seconds after a failure."""
+    per-process limit) through an outage."""
 
-    def __init__(
-        self, primary: AttemptStore, fallback: AttemptStore, retry_after: float = 5.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, primary: AttemptStore, fallback: AttemptStore, breaker: Breaker | None = None) -> None:
         self.primary = primary
         self.fallback = fallback
-        self.retry_after = retry_after
-        self._clock = clock
-        self._down_until = 0.0
-
-    def _store(self) -> AttemptStore:
-        return self.fallback if self._clock() < self._down_until else self.primary
-
-    def _failed(self, exc: Exception) -> None:
-        log.warning(
-            "Redis unreachable for login limits (%s); counting in this process for %.0f s", type(exc).__name__, self.retry_after
-        )
-        self._down_until = self._clock() + self.retry_after
+        self.breaker = breaker or Breaker("login limits")
 
     def count(self, key: str) -> tuple[int, int]:
-        store = self._store()
-        try:
-            return store.count(key)
-        except Exception as exc:
-            if store is self.fallback:
-                raise
-            self._failed(exc)
-            return self.fallback.count(key)
+        if not self.breaker.open:
+            try:
+                return self.primary.count(key)
+            except Exception as exc:
+                self.breaker.trip(exc)
+        return self.fallback.count(key)
 
     def add(self, key: str, window_seconds: int) -> None:
-        store = self._store()
-        try:
-            store.add(key, window_seconds)
-        except Exception as exc:
-            if store is self.fallback:
-                raise
-            self._failed(exc)
-            self.fallback.add(key, window_seconds)
+        if not self.breaker.open:
+            try:
+                self.primary.add(key, window_seconds)
+                return
+            except Exception as exc:
+                self.breaker.trip(exc)
+        self.fallback.add(key, window_seconds)
 
     def clear(self, key: str) -> None:
         self.fallback.clear(key)
-        if self._store() is self.primary:
+        if not self.breaker.open:
             try:
                 self.primary.clear(key)
             except Exception as exc:
-                self._failed(exc)
+                self.breaker.trip(exc)
 
 
 class LoginThrottle:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.cds_service.requests import overridden, patient_view
+from tests.fuzzing import paths, replaced
 from tests.support import LogReader, RunningService, assert_cards_response
 
 PATIENT_VIEW = "/cds-services/spine-knee-patient-view"
@@ -39,27 +40,6 @@ scalars = st.one_of(
 json_values = st.recursive(
     scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4), max_leaves=12
 )
-
-
-def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every place in a JSON document where a value sits."""
-    found = [prefix] if prefix else []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found += paths(item, (*prefix, key))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found += paths(item, (*prefix, index))
-    return found
-
-
-def replaced(document: Any, where: tuple[Any, ...], value: Any) -> Any:
-    out = copy.deepcopy(document)
-    target = out
-    for part in where[:-1]:
-        target = target[part]
-    target[where[-1]] = value
-    return out
 
 
 BASE = patient_view(seed=900)
