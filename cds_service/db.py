@@ -340,29 +340,12 @@ class DecisionLog:
         row = connection.execute(query.order_by(Decision.id).limit(1)).first()
         return _decision(row._mapping) if row is not None else None
 
-    def decision_for_card(self, service_id: str, card_uuid: str, issuer: str, tenant: str | None) -> Decision | None:
-        """The decision that showed this card to this caller: another issuer's or tenant's cards are not
-        theirs to give feedback on, and are not told apart from cards that do not exist."""
-        with self.sessions() as session:
-            decision = session.scalar(
-                select(Decision)
-                .join(IssuedCard, IssuedCard.decision_id == Decision.id)
-                .where(
-                    IssuedCard.card_uuid == card_uuid,
-                    Decision.service_id == service_id,
-                    Decision.issuer == issuer,
-                    _of_tenant(Decision.tenant, tenant or ""),
-                )
-            )
-        # the card must be among those the chained decision row recorded, whatever issued_cards says
-        if decision is None or card_uuid not in (decision.card_uuids or []):
-            return None
-        return decision
-
     def decisions_for_cards(
         self, service_id: str, card_uuids: list[str], issuer: str, tenant: str | None
     ) -> dict[str, CardDecision]:
-        """`decision_for_card` for many cards in one query (per 500), reading only what feedback needs."""
+        """The decisions that showed these cards to this caller, in one query per 500 cards, reading only what
+        feedback needs: another issuer's or tenant's cards are not theirs to give feedback on, and are not
+        told apart from cards that do not exist."""
         found: dict[str, CardDecision] = {}
         wanted = list(dict.fromkeys(card_uuids))
         columns = (IssuedCard.card_uuid, Decision.id, Decision.card_uuids, Decision.suggestion_uuids, Decision.patient_pseudonym)
@@ -428,23 +411,7 @@ class DecisionLog:
 
     def add_feedback(self, item: Feedback) -> bool:
         """True when stored (and chained), False when this exact item was already received."""
-        values = {c.key: getattr(item, c.key) for c in Feedback.__table__.columns if c.key != "id"}
-        values["created_at"] = values["created_at"] or self.clock()
-        values["accepted_suggestions"] = values["accepted_suggestions"] or []
-        with self.engine.begin() as connection:
-            chain.lock(connection)
-            duplicate = connection.execute(
-                select(Feedback.id).where(
-                    Feedback.card_uuid == item.card_uuid,
-                    Feedback.outcome == item.outcome,
-                    Feedback.outcome_timestamp == item.outcome_timestamp,
-                )
-            ).first()
-            if duplicate is not None:
-                return False
-            feedback_id = connection.execute(insert(Feedback).returning(Feedback.id), values).scalar_one()
-            chain.link(connection, self.audit_key, "feedback", feedback_id, {"id": feedback_id, **values}, self.clock())
-        return True
+        return self.add_feedback_batch([item])[0]
 
     def record_access(self, username: str, action: str, details: dict[str, Any]) -> None:
         """Log an auditor's search or view, chained like every other entry."""

@@ -104,14 +104,12 @@ def register_error_handlers(app: Flask) -> None:
         status = error.code or 500
         return ApiError(status, _HTTP_CODES.get(status, "http_error"), error.description or error.name).to_response()
 
-    @app.errorhandler(sqlalchemy.exc.OperationalError)
-    @app.errorhandler(sqlalchemy.exc.InterfaceError)
-    @app.errorhandler(sqlalchemy.exc.TimeoutError)
-    @app.errorhandler(psycopg.OperationalError)
     def _database_unavailable(error: Exception) -> Response:
-        # the driver's message names the host, never the query's values
         app.logger.warning("database unavailable: %s", type(error).__name__)
         return ServiceUnavailable().to_response()
+
+    for kind in DATABASE_UNAVAILABLE:
+        app.register_error_handler(kind, _database_unavailable)
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from cds_service.auth import Caller
 from cds_service.db import CardDecision, Decision, DecisionLog, Feedback, SnoozeRule
-from cds_service.edge import FeedbackItem, HookRequestBody, invalid, parse_json
+from cds_service.edge import MAX_DEPTH, FeedbackItem, HookRequestBody, invalid, parse_json
 from cds_service.errors import DATABASE_UNAVAILABLE, ApiError
 from cds_service.fetch import PrefetchFetcher
 from cds_service.settings import Settings
@@ -47,6 +47,8 @@ def _bad(message: str, **details: Any) -> ApiError:
 
 
 def validate_hook_request(document: Any, service: ServiceDeclaration) -> HookRequest:
+    """The request as the service reads it: typed and bounded at the edge (`HookRequestBody`), then the rules
+    that depend on the hook."""
     if not isinstance(document, dict):
         raise _bad("The request body must be a JSON object.")
     hook = document.get("hook")
@@ -54,18 +56,14 @@ def validate_hook_request(document: Any, service: ServiceDeclaration) -> HookReq
         raise _bad("'hook' is required and must be a string.", field="hook")
     if hook != service.hook:
         raise ApiError(400, "wrong_hook", f"Service '{service.id}' answers '{service.hook}', not '{hook}'.", field="hook")
-    instance = document.get("hookInstance")
-    if not isinstance(instance, str) or not instance:
-        raise _bad("'hookInstance' is required and must be a string.", field="hookInstance")
-    context = document.get("context")
-    if not isinstance(context, dict):
-        raise _bad("'context' is required and must be an object.", field="context")
+    try:  # types and bounds: column lengths, FHIR ids, URLs that parse, no control characters
+        body = HookRequestBody.model_validate(document)
+    except ValidationError as exc:
+        raise invalid(exc) from None
+    context = document["context"]
     for name in REQUIRED_CONTEXT.get(hook, ()):
         if name not in context or context[name] is None:
             raise _bad(f"context.{name} is required for the {hook} hook.", field=f"context.{name}")
-    for name in ("userId", "patientId", "encounterId"):
-        if name in context and not isinstance(context[name], str):
-            raise _bad(f"context.{name} must be a string.", field=f"context.{name}")
     if hook == "order-select" and not (
         isinstance(context.get("selections"), list) and all(isinstance(s, str) for s in context["selections"])
     ):
@@ -74,31 +72,10 @@ def validate_hook_request(document: Any, service: ServiceDeclaration) -> HookReq
         isinstance(context["draftOrders"], dict) and context["draftOrders"].get("resourceType") == "Bundle"
     ):
         raise _bad("context.draftOrders must be a FHIR Bundle.", field="context.draftOrders")
-    fhir_server = document.get("fhirServer")
-    if fhir_server is not None and not (isinstance(fhir_server, str) and fhir_server.startswith(("http://", "https://"))):
-        raise _bad("'fhirServer' must be an absolute URL.", field="fhirServer")
-    authorization = document.get("fhirAuthorization")
-    token = None
-    if authorization is not None:
-        if fhir_server is None:
-            raise _bad("'fhirAuthorization' is only allowed together with 'fhirServer'.", field="fhirAuthorization")
-        if not isinstance(authorization, dict):
-            raise _bad("'fhirAuthorization' must be an object.", field="fhirAuthorization")
-        token = authorization.get("access_token")
-        if not isinstance(token, str) or not token:
-            raise _bad("fhirAuthorization.access_token is required.", field="fhirAuthorization.access_token")
-        if str(authorization.get("token_type", "")).lower() != "bearer":
-            raise _bad("fhirAuthorization.token_type must be 'Bearer'.", field="fhirAuthorization.token_type")
-    prefetch = document.get("prefetch", {})
-    if prefetch is None:
-        prefetch = {}
-    if not isinstance(prefetch, dict):
-        raise _bad("'prefetch' must be an object.", field="prefetch")
-    try:  # the bounds: column lengths, FHIR ids, URLs that parse, no control characters
-        HookRequestBody.model_validate(document)
-    except ValidationError as exc:
-        raise invalid(exc) from None
-    return HookRequest(hook, instance, context, prefetch, fhir_server, token)
+    if body.fhirAuthorization is not None and body.fhirServer is None:
+        raise _bad("'fhirAuthorization' is only allowed together with 'fhirServer'.", field="fhirAuthorization")
+    token = body.fhirAuthorization.access_token if body.fhirAuthorization else None
+    return HookRequest(hook, body.hookInstance, context, document.get("prefetch") or {}, body.fhirServer, token)
 
 
 def snooze_rule(settings: Settings) -> SnoozeRule:
@@ -140,7 +117,10 @@ class HookPipeline:
         """A keyed digest of the request as sent, without its FHIR access token."""
         if isinstance(document, dict):
             document = {k: v for k, v in document.items() if k != "fhirAuthorization"}
-        canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+        try:
+            canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # orjson writes at most MAX_DEPTH levels: a body it cannot write cannot be logged
+            raise ApiError(400, "invalid_request", f"The body is nested deeper than {MAX_DEPTH} levels.") from None
         return "hmac-sha256:" + hmac.new(self._digest_key, canonical, hashlib.sha256).hexdigest()
 
     def handle(

@@ -90,7 +90,6 @@ class Assessment:
     missing_inputs: tuple[str, ...]
     notes: tuple[str, ...]
     suppressions: tuple[Suppression, ...]
-    knee_laterality: str | None
     # red-flag diagnoses in the record (active or recent): never a routine card while any is there
     red_flags: tuple[Evidence, ...] = ()
     # the knee complaint that made the patient eligible
@@ -102,6 +101,10 @@ class Assessment:
     @property
     def suppressed(self) -> bool:
         return bool(self.suppressions)
+
+    @property
+    def knee_laterality(self) -> str | None:
+        return knee_side(self.knee_complaint)
 
     @property
     def red_flagged(self) -> bool:
@@ -165,6 +168,12 @@ class Assessment:
         if self.ineligible_reason:
             out["ineligible_reason"] = self.ineligible_reason
         return out
+
+
+def knee_side(complaint: Iterable[Evidence]) -> str | None:
+    """The side of the knee complaint: right, left, bilateral (both, or entries on each side), or unknown."""
+    sides = {e.laterality for e in complaint if e.value_set != "pain_severity" and e.laterality}
+    return sides.pop() if len(sides) == 1 else ("bilateral" if sides else None)
 
 
 def age_on(birth_date: date, day: date) -> int:
@@ -413,11 +422,7 @@ class Assessor:
             complaint, reason = self._knee_complaint(record, today)
             eligible = bool(complaint)
 
-        knee = [e for e in complaint if e.value_set != "pain_severity"]
-        sides = {e.laterality for e in knee if e.laterality}
-        laterality = sides.pop() if len(sides) == 1 else ("bilateral" if sides else None)
-
-        contributions, not_counted = self._contributions(record, laterality, today)
+        contributions, not_counted = self._contributions(record, knee_side(complaint), today)
         score = round(sum(c.points for c in contributions), 6)
         band: Band | None = None
         held_by = None
@@ -443,7 +448,6 @@ class Assessor:
             missing_inputs=missing,
             notes=tuple(notes),
             suppressions=tuple(self._suppressions(record, today)),
-            knee_laterality=laterality,
             red_flags=tuple(self._red_flags(record, today)),
             knee_complaint=tuple(complaint),
             not_counted=tuple(not_counted),

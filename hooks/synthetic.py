@@ -314,13 +314,20 @@ def elderly_stenosis(f: Factory) -> list[Resource]:
     ]
 
 
+def _foot_seed_signs(f: Factory) -> list[Resource]:
+    """A right bunion and flat foot, years old: seed sign 3."""
+    return [
+        f.condition(ICD10, "M20.11", "Hallux valgus (acquired), right foot", onset_days_ago=1500),
+        f.condition(ICD10, "M21.41", "Flat foot [pes planus] (acquired), right foot", onset_days_ago=1500),
+    ]
+
+
 def co_occurrence_only(f: Factory) -> list[Resource]:
     return [
         f.patient(75),
         _knee_pain(f, "icd10"),
         f.condition(ICD10, "M54.50", "Low back pain, unspecified", onset_days_ago=700),
-        f.condition(ICD10, "M20.11", "Hallux valgus (acquired), right foot", onset_days_ago=1500),
-        f.condition(ICD10, "M21.41", "Flat foot [pes planus] (acquired), right foot", onset_days_ago=1500),
+        *_foot_seed_signs(f),
         f.condition(ICD10, "M62.81", "Muscle weakness (generalized)", onset_days_ago=120),
     ]
 
@@ -424,8 +431,7 @@ def sciatica_with_seed_signs(f: Factory) -> list[Resource]:
         f.patient(66),
         _knee_pain(f, "icd10"),
         f.condition(ICD10, "M54.31", "Sciatica, right side", onset_days_ago=300),
-        f.condition(ICD10, "M20.11", "Hallux valgus (acquired), right foot", onset_days_ago=1500),
-        f.condition(ICD10, "M21.41", "Flat foot [pes planus] (acquired), right foot", onset_days_ago=1500),
+        *_foot_seed_signs(f),
         f.condition(ICD10, "M62.551", "Muscle wasting and atrophy, not elsewhere classified, right thigh"),
     ]
 
