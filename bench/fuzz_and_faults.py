@@ -11,7 +11,8 @@ authentication has its decision row (each 200 with exactly the cards the client 
 
 Faults (the servers killed are the run's own, tests/servers.py): the service with a Redis of its own,
 killed after a third of the calls and restarted after two thirds; then with a PostgreSQL of its own,
-the same. Reported: answers by status during each phase.
+the same; then that PostgreSQL stopped (SIGSTOP: connections open, nothing answers) and continued.
+Reported: answers by status and the longest answer during each phase.
 
 Asserts nothing about time; prints the figures (and JSON on stderr).
 """
@@ -164,8 +165,10 @@ def fuzz(database: str, label: str, requests: int, seed: int) -> dict[str, Any]:
 
 
 def fault(kind: str, calls: int) -> dict[str, Any]:
+    """`kind`: redis (killed), postgres (killed) or postgres-stopped (SIGSTOP, then SIGCONT)."""
     signer = Signer()
     phases: dict[str, Counter[int]] = {"before": Counter(), "down": Counter(), "back": Counter()}
+    longest = dict.fromkeys(phases, 0.0)
     with tempfile.TemporaryDirectory() as directory:
         redis_server = postgres = None
         database = redis_url = None
@@ -186,18 +189,31 @@ def fault(kind: str, calls: int) -> dict[str, Any]:
                 caller = Caller(base, signer)
                 for n in range(calls):
                     if n == calls // 3:
-                        (redis_server or postgres).kill()  # type: ignore[union-attr]
+                        if postgres and kind == "postgres-stopped":
+                            postgres.pause()
+                        else:
+                            (redis_server or postgres).kill()  # type: ignore[union-attr]
                     if n == 2 * calls // 3:
-                        (redis_server or postgres).start()  # type: ignore[union-attr]
+                        if postgres and kind == "postgres-stopped":
+                            postgres.resume()
+                        else:
+                            (redis_server or postgres).start()  # type: ignore[union-attr]
                     phase = "before" if n < calls // 3 else "down" if n < 2 * calls // 3 else "back"
-                    status, _, _ = caller.post(PATIENT_VIEW, patient_view(seed=5000 + n))
+                    status, elapsed, _ = caller.post(PATIENT_VIEW, patient_view(seed=5000 + n))
                     phases[phase][status] += 1
+                    longest[phase] = max(longest[phase], elapsed)
         finally:
             if redis_server:
                 redis_server.kill()
             if postgres:
+                postgres.resume()
                 postgres.remove()
-    return {"killed": kind, "calls": calls, **{k: dict(sorted(v.items())) for k, v in phases.items()}}
+    return {
+        "fault": kind,
+        "calls": calls,
+        **{k: dict(sorted(v.items())) for k, v in phases.items()},
+        "longest_ms": {k: round(v * 1000, 1) for k, v in longest.items()},
+    }
 
 
 def main() -> None:
@@ -219,7 +235,7 @@ def main() -> None:
             with psycopg.connect(args.postgres, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     if args.only != "fuzz":
-        results["faults"] = [fault("redis", args.fault_calls), fault("postgres", args.fault_calls)]
+        results["faults"] = [fault(kind, args.fault_calls) for kind in ("redis", "postgres", "postgres-stopped")]
     for row in results["fuzz"]:
         print(
             f"fuzz {row['database']}: {row['requests']} requests, statuses {row['statuses']}, 5xx {row['server_errors']}, "
@@ -227,7 +243,10 @@ def main() -> None:
             f"decision rows {row['decision_rows_written']}, 200s without their row {row['200s_without_their_row_and_cards']}"
         )
     for row in results["faults"]:
-        print(f"kill {row['killed']}: {row['calls']} calls; before {row['before']}, down {row['down']}, back {row['back']}")
+        print(
+            f"{row['fault']}: {row['calls']} calls; before {row['before']}, down {row['down']}, back {row['back']}; "
+            f"longest answer ms {row['longest_ms']}"
+        )
     print(json.dumps(results), file=sys.stderr)
 
 

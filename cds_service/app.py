@@ -115,7 +115,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=0, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
     logging.getLogger("cds_service").setLevel(settings.log_level)
 
-    engine = make_engine(settings.effective_database_url)
+    engine = make_engine(settings.effective_database_url, round_trip_seconds=settings.database_round_trip_seconds)
     if settings.auto_migrate:
         upgrade(engine)
     redis_client = None

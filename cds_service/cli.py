@@ -48,7 +48,13 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=None, type=int, help="gunicorn worker processes (default: one per CPU).")
-@click.option("--threads", default=2, show_default=True, type=int, help="threads per worker (prefetch fetches wait on I/O).")
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=int,
+    help="threads per worker: calls waiting on a FHIR server (at most FETCH_DEADLINE_SECONDS) hold one each.",
+)
 @click.option("--timeout", default=30, show_default=True, type=int, help="seconds before a stuck worker is restarted.")
 @click.option(
     "--bind", default=None, help="gunicorn bind address instead of --host/--port, e.g. unix:/run/spine-cds.sock or fd://3."

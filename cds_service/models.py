@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 from alembic import command
 from alembic.config import Config
+from psycopg.errors import _WaitTimeout  # psycopg's own signal that a bounded wait ran out
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -215,7 +217,10 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, round_trip_seconds: float | None = None) -> Engine:
+    """The engine for a database URL. With `round_trip_seconds` (the web service's), no PostgreSQL round
+    trip (a statement, a fetch, a commit) waits longer for the server: past it the connection is closed
+    and the call fails as "database unavailable" (503) instead of hanging on a stalled server."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False}, json_serializer=json_text)
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -226,7 +231,7 @@ def make_engine(url: str) -> Engine:
     # no pre-ping: it costs a round trip per request; a dropped connection fails one request and is replaced.
     # A database that is down answers within the connect timeout, and a full pool within pool_timeout: both
     # become a 503 with Retry-After, never a request held for half a minute
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=5,
         max_overflow=5,
@@ -235,6 +240,38 @@ def make_engine(url: str) -> Engine:
         connect_args={"connect_timeout": 2},
         json_serializer=json_text,
     )
+    if round_trip_seconds is not None:
+        bound = round_trip_seconds
+
+        @event.listens_for(engine, "do_connect")
+        def _bounded_connect(_dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> psycopg.Connection[Any]:
+            connection = RoundTripBoundConnection.connect(*cargs, **cparams)
+            connection.round_trip_seconds = bound
+            return connection
+
+    return engine
+
+
+class RoundTripBoundConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose round trips each wait at most `round_trip_seconds` for the server.
+
+    A stopped or wedged server (the host still accepting bytes into its socket buffers) would otherwise hold
+    the request, and the pooled connection, for as long as it stays stopped: TCP keepalives and libpq's
+    timeouts do not notice, and a server-side statement_timeout needs a server that runs. Every statement,
+    fetch and commit passes through `wait`, which psycopg bounds when given a timeout."""
+
+    round_trip_seconds: float | None = None
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        bound = timeout if timeout is not None else self.round_trip_seconds
+        try:
+            return super().wait(gen, interval=interval, timeout=bound)
+        except _WaitTimeout as stalled:
+            if timeout is not None:
+                raise  # a caller's own timeout is the caller's to handle
+            # the server may still answer this round trip later: the connection cannot be reused
+            self.close()
+            raise psycopg.OperationalError(f"the database did not answer within {bound:g} s") from stalled
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,9 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024)
     # feedback items per call: a batch past this answers 413 (the items go in one transaction)
     max_feedback_items: int = Field(1000, ge=1, le=100_000)
+    # the longest the web service waits on one PostgreSQL round trip (statement, fetch, commit) before the
+    # call answers 503: a stalled server fails calls promptly instead of holding them and the pool
+    database_round_trip_seconds: float = Field(2.0, gt=0, le=300)
     fetch_timeout_seconds: float = Field(3.0, gt=0, le=30)
     # all of a call's fetching (missing keys, further pages of prefetched Bundles) ends by this deadline;
     # a FHIR server that drips bytes is cut off there, not held per read

@@ -127,6 +127,30 @@ class ScratchPostgres:
                 _wait_a_little()
         raise RuntimeError("postgres did not answer")
 
+    def _cluster_pids(self) -> list[int]:
+        """The postmaster and its children (each backend is a session of its own, so no process group holds them all)."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        pids = [self.process.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # a process that exited while the list was read
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def pause(self) -> None:
+        """SIGSTOP the whole cluster: connections stay open and the kernel still takes their bytes, but
+        nothing answers, as with a wedged host or a storage stall."""
+        for pid in self._cluster_pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._cluster_pids():
+            os.kill(pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL the postmaster, as a crash would (its backends exit when they find it gone)."""
         if self.process is not None and self.process.poll() is None:

@@ -1,6 +1,6 @@
-"""Redis and PostgreSQL killed under the service, over real HTTP: cards keep flowing without Redis; without
-its database the service answers 503 with Retry-After, never 500 and never a card without its row; both
-recover without a restart. The servers killed here are the tests' own (tests/servers.py)."""
+"""Redis and PostgreSQL killed (or PostgreSQL stopped) under the service, over real HTTP: cards keep flowing
+without Redis; without its database the service answers 503 with Retry-After, never 500, never a hang and
+never a card without its row; both recover without a restart. The servers killed here are the tests' own (tests/servers.py)."""
 
 from __future__ import annotations
 
@@ -68,3 +68,46 @@ def test_postgres_killed_is_a_503_with_retry_after_and_the_service_recovers(
         check.dispose()
     answered = {body["hookInstance"] for body, r in zip(bodies, after, strict=True) if r.status_code == 200}
     assert {before["hookInstance"], *answered} <= logged
+
+
+def _logged_hook_instances(url: str) -> set[str]:
+    check = make_engine(url)
+    try:
+        with check.connect() as connection:
+            return set(connection.execute(text("SELECT hook_instance FROM decisions WHERE status_code = 200")).scalars())
+    finally:
+        check.dispose()
+
+
+def test_postgres_stopped_is_a_503_not_a_hang_and_the_service_recovers(
+    service_factory: Callable[..., RunningService], own_postgres: ScratchPostgres
+) -> None:
+    engine = make_engine(own_postgres.url)
+    upgrade(engine)
+    engine.dispose()
+    # the client gives up long after the service's bounds (2 s per round trip, connect and pool wait): a
+    # call that hangs on the stopped server fails this test instead of answering
+    running = service_factory(database_url=own_postgres.url, auto_migrate=False, database_round_trip_seconds=1)
+    before = patient_view(seed=720)
+    assert len(assert_cards_response(running.post(PATIENT_VIEW, before))) == 1
+
+    own_postgres.pause()
+    try:
+        # the first call meets a pooled connection (the round-trip bound), the next ones new connections
+        # (the connect timeout) or the full pool (its timeout)
+        during = [running.post(PATIENT_VIEW, patient_view(seed=721 + i)) for i in range(3)]
+        ready = running.client.get("/readyz")
+    finally:
+        own_postgres.resume()
+    for response in during:
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "2"
+        assert error_of(response)["code"] == "database_unavailable"
+    assert ready.status_code == 503
+
+    bodies = [patient_view(seed=730 + i) for i in range(3)]
+    after = [running.post(PATIENT_VIEW, body) for body in bodies]
+    assert {r.status_code for r in after} <= {200, 503}
+    assert after[-1].status_code == 200 and len(assert_cards_response(after[-1])) == 1
+    answered = {body["hookInstance"] for body, r in zip(bodies, after, strict=True) if r.status_code == 200}
+    assert {before["hookInstance"], *answered} <= _logged_hook_instances(own_postgres.url)
