@@ -367,7 +367,14 @@ class Authenticator:
         return prepared
 
     def _key(self, issuer: TrustedIssuer, header: dict[str, Any], kid: str, alg: str) -> dict[str, Any]:
-        """The one asymmetric key of the issuer's key set that may verify this token."""
+        """The one asymmetric key of the issuer's key set that may verify this token.
+
+        Keys pinned inline come first: a token whose kid they hold is verified with them and its `jku`
+        (which some clients, the CDS Hooks Sandbox among them, always send) is never fetched. Otherwise
+        the `jku`, when the issuer allow-lists it, or the issuer's `jwks_url`."""
+        pinned = _with_kid(issuer.jwks or {}, kid)
+        if pinned:
+            return _usable_key(pinned, alg)
         jku = header.get("jku")
         if jku is not None and (not isinstance(jku, str) or (jku != issuer.jwks_url and jku not in issuer.jku_allowlist)):
             raise Unauthorized("jku: not allow-listed for the issuer")

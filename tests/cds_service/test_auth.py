@@ -534,11 +534,26 @@ def test_rejection_reasons_name_the_reason_code(
 
 @each_endpoint
 def test_jku_not_allowlisted_is_rejected_without_fetching_it(service: RunningService, endpoint: Endpoint) -> None:
-    """req 185, req 195: a `jku` outside the issuer's allow-list is refused and never dereferenced."""
+    """req 185, req 195: a `jku` outside the issuer's allow-list, for a kid the pinned keys do not hold, is
+    refused and never dereferenced."""
+    stranger = KeyPair.generate("stranger-1")
+    peer = jwks_peer({"jwks": {"keys": [stranger.jwk]}})
+    with peer.running():
+        token = stranger.sign(claims(service.ehr.issuer, endpoint.audience(service)), jku=peer.url + "/jwks.json")
+        assert_bare_401(endpoint.send(service, bearer(token)))
+        assert peer.requests == []
+
+
+@each_endpoint
+def test_a_pinned_key_verifies_a_token_that_names_any_jku_and_nothing_is_fetched(
+    service: RunningService, endpoint: Endpoint
+) -> None:
+    """The CDS Hooks Sandbox sends a `jku` with every token: with the issuer's keys pinned inline, the
+    call is answered offline (the jku is neither allow-listed nor reachable)."""
     peer = jwks_peer({"jwks": service.ehr.jwks})
     with peer.running():
         token = service.ehr.token(endpoint.audience(service), headers={"jku": peer.url + "/jwks.json"})
-        assert_bare_401(endpoint.send(service, bearer(token)))
+        assert endpoint.send(service, bearer(token)).status_code == 200
         assert peer.requests == []
 
 
@@ -546,7 +561,8 @@ def test_jku_allowlisted_for_another_issuer_is_rejected_without_fetching_it(
     service_factory: ServiceFactory, ehr: SigningEhr
 ) -> None:
     """req 195: a jku is allow-listed per issuer; another issuer's allow-list does not count."""
-    peer = jwks_peer({"jwks": ehr.jwks})
+    jku_key = KeyPair.generate("jku-partner")  # in the jku's key set only, not pinned for the issuer
+    peer = jwks_peer({"jwks": {"keys": [jku_key.jwk]}})
     with peer.running():
         jku = peer.url + "/jwks.json"
         running = service_factory(
@@ -555,7 +571,7 @@ def test_jku_allowlisted_for_another_issuer_is_rejected_without_fetching_it(
                 "https://partner-ehr.example.org": {"jwks": {"keys": []}, "jku_allowlist": [jku]},
             }
         )
-        token = ehr.token(running.base_url + DISCOVERY_PATH, headers={"jku": jku})
+        token = jku_key.sign(claims(ehr.issuer, running.base_url + DISCOVERY_PATH), jku=jku)
         assert_bare_401(DISCOVERY.send(running, bearer(token)))
         assert peer.requests == []
 
