@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_hooks import ISSUER, Signer, gunicorn  # noqa: E402
 from bench.fuzz_and_faults import PATIENT_VIEW, Caller, patient_view  # noqa: E402
+from tests.support import http_server  # noqa: E402
 
 FHIR_TOKEN = "bench-fhir-access-token"
 HUGE_BYTES = 300 * 1024 * 1024
@@ -70,16 +71,9 @@ def upstream(kind: str) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/fhir"
-    finally:
+    with http_server(Handler) as url:
+        yield url + "/fhir"
         stop.set()
-        server.shutdown()
-        server.server_close()
 
 
 def env_for(signer: Signer, instance: Path, fhir_base: str) -> dict[str, str]:

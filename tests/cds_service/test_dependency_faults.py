@@ -60,12 +60,7 @@ def test_postgres_killed_is_a_503_with_retry_after_and_the_service_recovers(
     assert {r.status_code for r in after} <= {200, 503}
     assert after[-1].status_code == 200 and len(assert_cards_response(after[-1])) == 1
     # every answer with a card has its row
-    check = make_engine(own_postgres.url)
-    try:
-        with check.connect() as connection:
-            logged = set(connection.execute(text("SELECT hook_instance FROM decisions WHERE status_code = 200")).scalars())
-    finally:
-        check.dispose()
+    logged = _logged_hook_instances(own_postgres.url)
     answered = {body["hookInstance"] for body, r in zip(bodies, after, strict=True) if r.status_code == 200}
     assert {before["hookInstance"], *answered} <= logged
 
