@@ -187,17 +187,13 @@ def fault(kind: str, calls: int) -> dict[str, Any]:
         try:
             with gunicorn("cds_service.wsgi:app", env_for(signer, Path(directory), database, redis_url), 2, 2) as base:
                 caller = Caller(base, signer)
+                server: Any = redis_server or postgres
+                down, up = (server.pause, server.resume) if kind == "postgres-stopped" else (server.kill, server.start)
                 for n in range(calls):
                     if n == calls // 3:
-                        if postgres and kind == "postgres-stopped":
-                            postgres.pause()
-                        else:
-                            (redis_server or postgres).kill()  # type: ignore[union-attr]
+                        down()
                     if n == 2 * calls // 3:
-                        if postgres and kind == "postgres-stopped":
-                            postgres.resume()
-                        else:
-                            (redis_server or postgres).start()  # type: ignore[union-attr]
+                        up()
                     phase = "before" if n < calls // 3 else "down" if n < 2 * calls // 3 else "back"
                     status, elapsed, _ = caller.post(PATIENT_VIEW, patient_view(seed=5000 + n))
                     phases[phase][status] += 1
@@ -206,7 +202,6 @@ def fault(kind: str, calls: int) -> dict[str, Any]:
             if redis_server:
                 redis_server.kill()
             if postgres:
-                postgres.resume()
                 postgres.remove()
     return {
         "fault": kind,

@@ -241,12 +241,11 @@ def make_engine(url: str, round_trip_seconds: float | None = None) -> Engine:
         json_serializer=json_text,
     )
     if round_trip_seconds is not None:
-        bound = round_trip_seconds
 
         @event.listens_for(engine, "do_connect")
         def _bounded_connect(_dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> psycopg.Connection[Any]:
             connection = RoundTripBoundConnection.connect(*cargs, **cparams)
-            connection.round_trip_seconds = bound
+            connection.round_trip_seconds = round_trip_seconds
             return connection
 
     return engine

@@ -6,6 +6,7 @@ stopped (or killed) by the test that started it.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -141,23 +142,26 @@ class ScratchPostgres:
                 pids.append(int(stat.parent.name))
         return pids
 
+    def _signal_cluster(self, signum: int) -> list[int]:
+        cluster = self._cluster_pids()
+        for pid in cluster:
+            with contextlib.suppress(ProcessLookupError):  # a backend that exited meanwhile
+                os.kill(pid, signum)
+        return cluster
+
     def pause(self) -> None:
         """SIGSTOP the whole cluster: connections stay open and the kernel still takes their bytes, but
         nothing answers, as with a wedged host or a storage stall."""
-        for pid in self._cluster_pids():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal_cluster(signal.SIGSTOP)
 
     def resume(self) -> None:
-        for pid in self._cluster_pids():
-            os.kill(pid, signal.SIGCONT)
+        self._signal_cluster(signal.SIGCONT)
 
     def kill(self) -> None:
-        """SIGKILL the postmaster, as a crash would (its backends exit when they find it gone)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
+        """SIGKILL the postmaster and its backends, as a crash would (stopped ones too)."""
+        if self._signal_cluster(signal.SIGKILL):
+            assert self.process is not None
             self.process.wait(timeout=10)
-        # a killed postmaster leaves its backends; they go when they notice, and the next start waits for them
-        subprocess.run(["pkill", "-KILL", "-f", f"postgres.*{self.data}"], check=False)
         (self.data / "postmaster.pid").unlink(missing_ok=True)
 
     def remove(self) -> None:

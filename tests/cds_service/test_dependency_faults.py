@@ -80,8 +80,8 @@ def test_postgres_stopped_is_a_503_not_a_hang_and_the_service_recovers(
     engine = make_engine(own_postgres.url)
     upgrade(engine)
     engine.dispose()
-    # the client gives up long after the service's bounds (2 s per round trip, connect and pool wait): a
-    # call that hangs on the stopped server fails this test instead of answering
+    # the client gives up (10 s) long after the service's bounds (1 s per round trip here, 2 s to connect or
+    # wait for the pool): a call that hangs on the stopped server fails this test instead of answering
     running = service_factory(database_url=own_postgres.url, auto_migrate=False, database_round_trip_seconds=1)
     before = patient_view(seed=720)
     assert len(assert_cards_response(running.post(PATIENT_VIEW, before))) == 1
