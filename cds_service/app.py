@@ -31,6 +31,7 @@ from cds_service.fetch import PrefetchFetcher
 from cds_service.pipeline import FeedbackPipeline, HookPipeline, snooze_rule
 from cds_service.settings import Settings, load_settings
 from hooks.model import Model, load_model
+from hooks.services import Catalog
 
 
 @dataclass
@@ -139,6 +140,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         decision_log,
         digest_key=pseudonym_key(settings),
         snooze=snooze_rule(settings),
+        catalog=Catalog.build(model, settings.services, settings.prefetch),
+        issuers=settings.trusted_issuers,
     )
     app.extensions["spine_cds"] = Components(
         settings=settings,

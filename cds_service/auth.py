@@ -158,6 +158,7 @@ class KeySets:
         self._cache_seconds = cache_seconds
         self._client = client or httpx.Client(timeout=timeout, follow_redirects=False)
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._lists: dict[str, tuple[float, list[str]]] = {}
         self._lock = threading.Lock()
 
     def _fetch(self, url: str) -> dict[str, Any]:
@@ -167,6 +168,24 @@ class KeySets:
         if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
             raise ValueError("not a JWK Set")
         return data
+
+    def jku_list(self, url: str) -> list[str]:
+        """The JKUs an issuer publishes as its own (Oracle Health): a JSON array of URLs, or an object
+        whose `jkus` member is one; cached like a key set."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._lists.get(url)
+        if cached and now - cached[0] < self._cache_seconds:
+            return cached[1]
+        response = self._client.get(url, headers={"Accept": "application/json"})
+        response.raise_for_status()
+        data = response.json()
+        listed = data.get("jkus") if isinstance(data, dict) else data
+        if not isinstance(listed, list) or not all(isinstance(u, str) for u in listed):
+            raise ValueError("not a list of JKUs")
+        with self._lock:
+            self._lists[url] = (time.monotonic(), listed)
+        return listed
 
     def candidates(self, url: str, kid: str) -> list[dict[str, Any]]:
         """The keys of the set at `url` named `kid`, of any type (the caller chooses a usable one)."""
@@ -336,8 +355,9 @@ class Authenticator:
             raise Unauthorized(f"unreadable token ({type(exc).__name__})") from None
         # `verified` is the payload `_claims_problem` already checked: the signature covers those very bytes
         lifetime = verified["exp"] - verified["iat"]
-        if lifetime > self.max_lifetime + self.leeway:
-            raise Unauthorized(f"lifetime: exp - iat is {lifetime:.0f} s, above {self.max_lifetime} s (+{self.leeway} s leeway)")
+        max_lifetime = issuer.max_lifetime(self.max_lifetime)
+        if lifetime > max_lifetime + self.leeway:
+            raise Unauthorized(f"lifetime: exp - iat is {lifetime:.0f} s, above {max_lifetime} s (+{self.leeway} s leeway)")
         tenant: str | None = verified.get("tenant")
         if issuer.tenants and tenant is None:
             raise Unauthorized("tenant: none in a token of an issuer restricted to tenants")
@@ -371,12 +391,13 @@ class Authenticator:
 
         Keys pinned inline come first: a token whose kid they hold is verified with them and its `jku`
         (which some clients, the CDS Hooks Sandbox among them, always send) is never fetched. Otherwise
-        the `jku`, when the issuer allow-lists it, or the issuer's `jwks_url`."""
+        the `jku`, when the issuer allow-lists it (or lists it at its `jku_list_url`, as Oracle Health
+        publishes its JKUs), or the issuer's `jwks_url`."""
         pinned = _with_kid(issuer.jwks or {}, kid)
         if pinned:
             return _usable_key(pinned, alg)
         jku = header.get("jku")
-        if jku is not None and (not isinstance(jku, str) or (jku != issuer.jwks_url and jku not in issuer.jku_allowlist)):
+        if jku is not None and (not isinstance(jku, str) or not self._jku_allowed(issuer, jku)):
             raise Unauthorized("jku: not allow-listed for the issuer")
         url = jku or issuer.jwks_url
         if url is None:
@@ -388,3 +409,14 @@ class Authenticator:
         except (httpx.HTTPError, ValueError) as exc:
             raise Unauthorized(f"key set unavailable ({type(exc).__name__})") from None
         return _usable_key(candidates, alg)
+
+    def _jku_allowed(self, issuer: TrustedIssuer, jku: str) -> bool:
+        """The issuer's own key-set URL, an allow-listed one, or one on the list the issuer publishes."""
+        if jku == issuer.jwks_url or jku in issuer.jku_allowlist:
+            return True
+        if issuer.jku_list_url is None:
+            return False
+        try:
+            return jku in self.key_sets.jku_list(issuer.jku_list_url)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise Unauthorized(f"jku list unavailable ({type(exc).__name__})") from None

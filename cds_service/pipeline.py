@@ -24,10 +24,10 @@ from cds_service.db import CardDecision, Decision, DecisionLog, Feedback, Snooze
 from cds_service.edge import MAX_DEPTH, FeedbackItem, HookRequestBody, invalid, parse_json
 from cds_service.errors import DATABASE_UNAVAILABLE, ApiError
 from cds_service.fetch import PrefetchFetcher
-from cds_service.settings import Settings
+from cds_service.settings import Settings, TrustedIssuer
 from hooks.cards import OVERRIDE_REASONS, OVERRIDE_SYSTEM, CardOptions
 from hooks.model import Model
-from hooks.services import REQUIRED_CONTEXT, SERVICES_BY_ID, ServiceDeclaration, evaluate
+from hooks.services import SERVICES_BY_ID, Catalog, ServiceDeclaration, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +61,16 @@ def validate_hook_request(document: Any, service: ServiceDeclaration) -> HookReq
     except ValidationError as exc:
         raise invalid(exc) from None
     context = document["context"]
-    for name in REQUIRED_CONTEXT.get(hook, ()):
+    for name in service.required_context:
         if name not in context or context[name] is None:
             raise _bad(f"context.{name} is required for the {hook} hook.", field=f"context.{name}")
-    if hook == "order-select" and not (
+    if "selections" in service.required_context and not (
         isinstance(context.get("selections"), list) and all(isinstance(s, str) for s in context["selections"])
     ):
         raise _bad("context.selections must be an array of strings.", field="context.selections")
-    if "draftOrders" in context and not (
-        isinstance(context["draftOrders"], dict) and context["draftOrders"].get("resourceType") == "Bundle"
-    ):
-        raise _bad("context.draftOrders must be a FHIR Bundle.", field="context.draftOrders")
+    for name in ("draftOrders", "conditions", "appointments"):
+        if name in context and not (isinstance(context[name], dict) and context[name].get("resourceType") == "Bundle"):
+            raise _bad(f"context.{name} must be a FHIR Bundle.", field=f"context.{name}")
     if body.fhirAuthorization is not None and body.fhirServer is None:
         raise _bad("'fhirAuthorization' is only allowed together with 'fhirServer'.", field="fhirAuthorization")
     token = body.fhirAuthorization.access_token if body.fhirAuthorization else None
@@ -91,6 +90,19 @@ def snooze_rule(settings: Settings) -> SnoozeRule:
     )
 
 
+def card_options(issuer: TrustedIssuer | None, docs_url: str) -> CardOptions:
+    """How cards are written for a caller: its issuer's card settings."""
+    if issuer is None:
+        return CardOptions(docs_url=docs_url)
+    return CardOptions(
+        docs_url=docs_url,
+        detail_format=issuer.detail_format,
+        order_codings=tuple(c.model_dump(exclude_none=True) for c in issuer.order_codings),
+        link_allowlist=tuple(issuer.link_allowlist),
+        annotate_orders=issuer.annotate_orders,
+    )
+
+
 class HookPipeline:
     def __init__(
         self,
@@ -99,12 +111,16 @@ class HookPipeline:
         decision_log: DecisionLog,
         digest_key: bytes,
         snooze: SnoozeRule,
+        catalog: Catalog | None = None,
+        issuers: Mapping[str, TrustedIssuer] | None = None,
     ) -> None:
         self.model = model
         self.fetcher = fetcher
         self.log = decision_log
         self._digest_key = digest_key
         self.snooze = snooze
+        self.catalog = catalog or Catalog.build(model)
+        self.issuers = dict(issuers or {})
 
     def _user(self, user_id: str | None) -> str | None:
         """Clinician ids are kept as sent; a patient or relative using the app is kept as a pseudonym."""
@@ -134,7 +150,7 @@ class HookPipeline:
         try:
             if error is not None:
                 raise error
-            service = SERVICES_BY_ID.get(service_id)
+            service = self.catalog.get(service_id)
             if service is None:
                 raise ApiError(404, "unknown_service", f"No CDS service '{service_id}'.")
             document = parse_json(body or b"")
@@ -148,14 +164,14 @@ class HookPipeline:
             patient_id = request.context.get("patientId")
             row.patient_pseudonym = self.log.pseudonym(patient_id)
             prefetch, fetch_notes = self.fetcher.complete(
-                service.prefetch, request.context, request.prefetch, request.fhir_server, request.access_token, caller.issuer
+                self.catalog.prefetch, request.context, request.prefetch, request.fhir_server, request.access_token, caller.issuer
             )
             evaluation = evaluate(
                 self.model,
                 service,
                 request.context,
                 prefetch,
-                CardOptions(docs_url=f"{base_url}/model"),
+                card_options(self.issuers.get(caller.issuer), f"{base_url}/model"),
                 today=datetime.now(UTC).date(),
                 # card uuids are stable for a retry of this very call and differ for any other use of
                 # the hookInstance (another patient, body or caller): feedback then finds the right card
@@ -185,6 +201,9 @@ class HookPipeline:
         row.model_id, row.model_version, row.model_hash = self.model.id, self.model.version, self.model.hash
         row.band = assessment.band
         row.assessment = assessment.to_dict()
+        if evaluation.system_actions:
+            # what the service asked the EHR to do is part of its answer: logged with the assessment
+            row.assessment["system_actions"] = _swap(evaluation.system_actions, f"Patient/{patient_id}", _PATIENT_MASK)
         # the log names the patient only by pseudonym: cards are stored with their Patient reference masked
         row.cards = _swap(cards, f"Patient/{patient_id}", _PATIENT_MASK) if patient_id else cards
         row.card_uuids = evaluation.card_uuids()
@@ -193,8 +212,12 @@ class HookPipeline:
         row.latency_ms = (time.perf_counter() - started) * 1000
         stored = self.log.append(row, self.snooze)
         if stored is not row:  # a retried hookInstance: answer exactly what the log holds
-            return {"cards": _swap(stored.cards, _PATIENT_MASK, f"Patient/{patient_id}") if patient_id else stored.cards}
-        return {"cards": [] if stored.outcome == "snoozed" else cards}
+            actions = (stored.assessment or {}).get("system_actions") if stored.outcome == "cards" else None
+            answer = {"cards": stored.cards, **({"systemActions": actions} if actions else {})}
+            return _swap(answer, _PATIENT_MASK, f"Patient/{patient_id}") if patient_id else answer
+        if stored.outcome == "snoozed":  # the clinician's override stands: no card and no annotation
+            return {"cards": []}
+        return {"cards": cards, **({"systemActions": evaluation.system_actions} if evaluation.system_actions else {})}
 
 
 _PATIENT_MASK = "Patient/{{context.patientId}}"

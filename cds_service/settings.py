@@ -15,14 +15,20 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hooks.cards import OVERRIDE_REASONS
+from hooks.cards import OVERRIDE_REASONS, DetailFormat
 from hooks.model import ModelConfigError, load_model
+from hooks.services import DEFAULT_ENABLED, SERVICES_BY_ID
+
+Profile = Literal["generic", "epic", "oracle"]
+# the token lifetime each EHR's published examples use, where it is longer than JWT_MAX_LIFETIME_SECONDS:
+# Epic signs for 15 minutes (exp - iat = 900 s in its CDS Hooks documentation)
+PROFILE_TOKEN_LIFETIME: dict[str, int] = {"epic": 900}
 
 ENV_PREFIX = "SPINE_CDS_"
 
@@ -44,36 +50,62 @@ def _absolute_http_url(value: str) -> str:
     return value
 
 
+class OrderCoding(BaseModel):
+    """A coding of the site's own orderable (Epic: the preference-list system) for the drafted referral."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: Annotated[str, Field(min_length=1, max_length=500)]
+    code: Annotated[str, Field(min_length=1, max_length=200)]
+    display: Annotated[str, Field(min_length=1, max_length=500)] | None = None
+
+
 class TrustedIssuer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # the EHR behind the issuer: what its client needs from tokens and cards (docs/ehr-integration.md)
+    profile: Profile = "generic"
     jwks_url: str | None = None
     jwks: dict[str, Any] | None = None
     jku_allowlist: list[str] = Field(default_factory=list)
+    # Oracle Health: a URL publishing the list of JKUs the issuer signs with; a token's jku must be on it
+    jku_list_url: str | None = None
+    # the longest exp - iat accepted from this issuer; default per profile, else JWT_MAX_LIFETIME_SECONDS
+    jwt_max_lifetime_seconds: int | None = Field(None, ge=30, le=3600)
+    # card shape for this issuer's client
+    detail_format: DetailFormat = "markdown"
+    order_codings: list[OrderCoding] = Field(default_factory=list)
+    # URL prefixes the client lets links go to (Oracle removes the others); empty: any
+    link_allowlist: list[str] = Field(default_factory=list)
+    # a systemAction noting the assessment on a drafted knee order (order-select, order-sign)
+    annotate_orders: bool = False
     tenants: list[str] = Field(default_factory=list)
     # URL prefixes of the FHIR servers this issuer's calls may name as fhirServer; the service sends the
     # issuer's access tokens nowhere else. Empty: any public address (never loopback, link-local, metadata)
     fhir_servers: list[str] = Field(default_factory=list)
 
-    @field_validator("jwks_url")
+    @field_validator("jwks_url", "jku_list_url")
     @classmethod
     def _jwks_url_is_absolute(cls, value: str | None) -> str | None:
         return None if value is None else _absolute_http_url(value)
 
-    @field_validator("jku_allowlist", "fhir_servers")
+    @field_validator("jku_allowlist", "fhir_servers", "link_allowlist")
     @classmethod
     def _urls_are_absolute(cls, values: list[str]) -> list[str]:
         return [_absolute_http_url(v) for v in values]
 
     def plain_http_urls(self) -> list[str]:
         """The configured URLs that would travel without TLS."""
-        urls = [self.jwks_url or "", *self.jku_allowlist, *self.fhir_servers]
+        urls = [self.jwks_url or "", self.jku_list_url or "", *self.jku_allowlist, *self.fhir_servers]
         return [u for u in urls if u.startswith("http://")]
+
+    def max_lifetime(self, default: int) -> int:
+        return self.jwt_max_lifetime_seconds or PROFILE_TOKEN_LIFETIME.get(self.profile, default)
 
     @model_validator(mode="after")
     def _one_key_source(self) -> TrustedIssuer:
-        if (self.jwks_url is None) == (self.jwks is None):
-            raise ValueError("give exactly one of 'jwks_url' or 'jwks'")
+        if (self.jwks_url is None) == (self.jwks is None) and not (self.jku_list_url and self.jwks is None):
+            raise ValueError("give exactly one of 'jwks_url' or 'jwks' (or 'jku_list_url' alone)")
         if self.jwks is not None and not isinstance(self.jwks.get("keys"), list):
             raise ValueError("'jwks' must be a JSON Web Key Set with a 'keys' list")
         return self
@@ -149,6 +181,12 @@ class Settings(BaseModel):
     purge_interval_seconds: int = Field(86400, ge=60)
     stale_job_seconds: int = Field(6 * 3600, ge=60)
     site: dict[str, Any] = Field(default_factory=dict)
+    # the CDS services offered (discovery lists only these); encounter-start, problem-list-item-create and
+    # appointment-book are off unless named here
+    services: list[str] = Field(default_factory=lambda: list(DEFAULT_ENABLED))
+    # prefetch templates replacing the built-in ones by key, or null to not ask for a key at all; the
+    # fetch path reads exactly these (GET /cds-services shows the result)
+    prefetch: dict[Annotated[str, Field(min_length=1, max_length=100)], str | None] = Field(default_factory=dict)
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     log_level: str = "INFO"
     # apply database migrations at start; `spine-cds serve` does it once and turns this off for workers
@@ -183,6 +221,24 @@ class Settings(BaseModel):
             raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; expected any of {', '.join(SNOOZE_KEYS)}")
         # a key left out keeps its default, so setting one reason does not reset the others
         return {**DEFAULT_SNOOZE_DAYS_BY_REASON, **value}
+
+    @field_validator("services")
+    @classmethod
+    def _known_services(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in SERVICES_BY_ID]
+        if unknown:
+            raise ValueError(f"unknown service(s) {', '.join(map(repr, unknown))}; expected any of {', '.join(SERVICES_BY_ID)}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("prefetch")
+    @classmethod
+    def _templates_are_relative_queries(cls, value: dict[str, str | None]) -> dict[str, str | None]:
+        for key, template in value.items():
+            if template is not None and (not template or "://" in template or template.startswith("/")):
+                raise ValueError(
+                    f"{key!r}: a template is a FHIR query relative to the fhirServer, such as 'Condition?patient={{{{context.patientId}}}}'"
+                )
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -12,7 +12,6 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from cds_service.app import components, model_doc
 from cds_service.auth import Caller
 from cds_service.errors import ApiError, Unauthorized
-from hooks.services import SERVICES
 
 bp = Blueprint("cds", __name__)
 auth_log = logging.getLogger("cds_service.auth")
@@ -70,7 +69,7 @@ def preflight(_rest: str | None = None) -> Response:
 @bp.get("/cds-services")
 def discovery() -> Response:
     _authenticate()
-    return jsonify({"services": [service.discovery() for service in SERVICES]})
+    return jsonify({"services": components().hooks.catalog.discovery()})
 
 
 @bp.post("/cds-services/<service_id>", provide_automatic_options=False)

@@ -9,18 +9,23 @@ card offers the referral; a `possible` one advises examining first.
 
 from __future__ import annotations
 
+import copy
+import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 
 from hooks.assessment import Assessment, Contribution
 from hooks.fhir import SUGGESTION_IDENTIFIER_SYSTEM, Evidence, Intervention
 from hooks.model import Model
 
 OVERRIDE_SYSTEM = "urn:spine-cds:override-reason"
-TOPIC = {"system": "urn:spine-cds:topic", "code": "spine-origin-knee-pain", "display": "Spine-origin knee pain"}
+# topic codes are static and alphanumeric: Epic keys its memory of a clinician's override on them (at most
+# 100 characters, letters and digits); a red flag has its own, so overriding the routine card never hides one
+TOPIC = {"system": "urn:spine-cds:topic", "code": "SpineOriginKneePain", "display": "Spine-origin knee pain"}
+RED_FLAG_TOPIC = {"system": "urn:spine-cds:topic", "code": "SpineOriginRedFlag", "display": "Red flag recorded"}
 OVERRIDE_REASONS: tuple[dict[str, str], ...] = (
     {"system": OVERRIDE_SYSTEM, "code": "already-evaluated", "display": "Already evaluated by a spine specialist"},
     {"system": OVERRIDE_SYSTEM, "code": "knee-cause-confirmed", "display": "Knee cause confirmed"},
@@ -33,10 +38,25 @@ _INDICATOR = {"possible": "info", "likely": "warning"}
 _REASON_TYPES = ("Condition", "Observation")  # what ServiceRequest.reasonReference may point to
 
 
+DetailFormat = Literal["markdown", "plain"]
+
+
 @dataclass(frozen=True)
 class CardOptions:
+    """How cards are written for one caller: its EHR's profile and the site's settings for that issuer."""
+
     docs_url: str
     source_label: str = "Spine-origin knee pain assessment"
+    detail_format: DetailFormat = "markdown"
+    # codings added beside the model's referral code on the drafted ServiceRequest (a site's orderable)
+    order_codings: tuple[Mapping[str, str], ...] = ()
+    # URL prefixes a link may start with; empty: any. Links elsewhere are left off, not sent to be dropped
+    link_allowlist: tuple[str, ...] = ()
+    # a systemAction noting the assessment on each drafted knee ServiceRequest
+    annotate_orders: bool = False
+
+    def allows_link(self, url: str) -> bool:
+        return not self.link_allowlist or url.startswith(self.link_allowlist)
 
 
 def prune(value: Any) -> Any:
@@ -136,14 +156,20 @@ def _contribution_lines(model: Model, contributions: Sequence[Contribution], ass
     return lines
 
 
-def detail_markdown(model: Model, assessment: Assessment, options: CardOptions, orders: Sequence[Intervention] = ()) -> str:
+def detail_markdown(
+    model: Model,
+    assessment: Assessment,
+    options: CardOptions,
+    orders: Sequence[Intervention] = (),
+    heading: str = "Knee-directed order drafted",
+) -> str:
     """A card a clinician checks in seconds: the record's own entries, one line each; the reasons for
     each weight and the citations are on the model page the card links to."""
     limit = int(model.detail["max_findings_shown"])
     lines: list[str] = []
     if orders:
         listed = ", ".join(o.coding.display or o.coding.code for o in orders)
-        lines += [f"**Knee-directed order drafted:** {_md(listed)}.", ""]
+        lines += [f"**{heading}:** {_md(listed)}.", ""]
     complaint = [e for e in assessment.knee_complaint if e.value_set != "pain_severity"]
     if complaint:
         lines.append(f"**Knee complaint:** {_entry(model, complaint[0], assessment)}.")
@@ -205,14 +231,37 @@ def red_flag_card(assessment: Assessment, options: CardOptions, *, hook: str, in
         "summary": summary,
         "detail": detail,
         "indicator": "warning",
-        "source": {"label": options.source_label, "url": options.docs_url, "topic": TOPIC},
+        "source": {"label": options.source_label, "url": options.docs_url, "topic": RED_FLAG_TOPIC},
         "links": [{"label": "How this assessment works", "url": options.docs_url, "type": "absolute"}],
     }
+    return shaped(card, options)
+
+
+_LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]*)\)")
+
+
+def plain_text(markdown: str) -> str:
+    """The detail for a client that shows it as plain text: no emphasis marks, links as 'text (url)'."""
+    text = _LINK.sub(lambda m: f"{m.group(1)} ({m.group(2)})", markdown)
+    return text.replace("**", "").replace("\\|", "|")
+
+
+def shaped(card: dict[str, Any], options: CardOptions) -> dict[str, Any]:
+    """The card as the caller's client takes it: detail format, links only where its allow-list lets them go."""
+    card["links"] = [link for link in card.get("links", []) if options.allows_link(link["url"])]
+    source = card.get("source") or {}
+    if "url" in source and not options.allows_link(source["url"]):
+        del source["url"]
+    if options.detail_format == "plain" and "detail" in card:
+        card["detail"] = plain_text(card["detail"])
     pruned: dict[str, Any] = prune(card)
     return pruned
 
 
-def _summary(assessment: Assessment, *, order_hook: bool) -> str:
+_TRIGGER_HEADS = {"orders": "Knee order drafted", "appointments": "Knee procedure booked"}
+
+
+def _summary(assessment: Assessment, *, trigger: str) -> str:
     """The card's one line, about this patient: the knee side and the record's own main spinal finding."""
     knee = {"right": "Right knee pain", "left": "Left knee pain", "bilateral": "Knee pain on both sides"}.get(
         assessment.knee_laterality or "", "Knee pain"
@@ -221,8 +270,8 @@ def _summary(assessment: Assessment, *, order_hook: bool) -> str:
     entries = [e.name for c in counted for e in c.evidence[:1]]
     names = list(dict.fromkeys(entries))[:2]
     finding = " and ".join(names).lower() if names else "spinal findings"
-    if order_hook:
-        head, tail = f"Knee order drafted; {knee.lower()}", "consider the lumbar spine first"
+    if trigger in _TRIGGER_HEADS:
+        head, tail = f"{_TRIGGER_HEADS[trigger]}; {knee.lower()}", "consider the lumbar spine first"
     elif assessment.band == "likely":
         head, tail = knee, "consider a lumbar spine source"
     else:
@@ -232,7 +281,13 @@ def _summary(assessment: Assessment, *, order_hook: bool) -> str:
 
 
 def referral_resource(
-    model: Model, assessment: Assessment, *, patient_reference: str, user_id: str | None, suggestion_uuid: str
+    model: Model,
+    assessment: Assessment,
+    *,
+    patient_reference: str,
+    user_id: str | None,
+    suggestion_uuid: str,
+    extra_codings: Sequence[Mapping[str, str]] = (),
 ) -> dict[str, Any]:
     """The draft ServiceRequest a suggestion creates: what a spine clinic needs to triage it."""
     referral = model.referral
@@ -247,7 +302,8 @@ def referral_resource(
         "intent": "order",
         "priority": referral.priority,
         "category": [{"coding": [referral.category.as_fhir()]}] if referral.category else None,
-        "code": {"coding": [referral.code.as_fhir()], "text": referral.text},
+        # a site's own orderable beside the standard code: Epic places a specific order only from its coding
+        "code": {"coding": [referral.code.as_fhir(), *map(dict, extra_codings)], "text": referral.text},
         "subject": {"reference": patient_reference},
         "reasonReference": [{"reference": r} for r in reasons],
         "note": [{"text": f"Suggested for lumbar spine evaluation of knee pain. {assessment.summary()}"}],
@@ -271,23 +327,24 @@ def build_cards(
     patient_id: str | None = None,
     instance: str | None = None,
     knee_orders: Sequence[Intervention] = (),
+    trigger: str = "record",
 ) -> list[dict[str, Any]]:
     """Zero or one card: a red-flag warning when the record holds one, else none unless the assessment is
-    actionable; for order hooks only when a knee order is drafted. Only a `likely` card offers the
-    referral; a `possible` one advises examining first."""
-    is_order_hook = hook in ("order-select", "order-sign")
-    if is_order_hook and not knee_orders:
-        return []
+    actionable. `knee_orders` are what the hook concerns (drafted orders, appointments being booked), named
+    in the card; the caller decides whether the hook fires at all. Only a `likely` card offers the
+    referral, as one suggestion with one action (the shape every known client accepts); a `possible` one
+    advises examining first."""
     if assessment.red_flagged:
         return [red_flag_card(assessment, options, hook=hook, instance=instance)]
     if not assessment.actionable or assessment.band is None:
         return []
     patient_reference = f"Patient/{patient_id}" if patient_id else assessment.patient_reference or "Patient/unknown"
     card_key = hook  # order-select and order-sign may share a hookInstance: their uuids must differ
+    heading = _TRIGGER_DETAIL.get(trigger)
     card: dict[str, Any] = {
         "uuid": _uuid(instance, card_key),
-        "summary": _summary(assessment, order_hook=is_order_hook),
-        "detail": detail_markdown(model, assessment, options, knee_orders if is_order_hook else ()),
+        "summary": _summary(assessment, trigger=trigger),
+        "detail": detail_markdown(model, assessment, options, knee_orders if heading else (), heading or ""),
         "indicator": _INDICATOR[assessment.band],
         "source": {"label": options.source_label, "url": options.docs_url, "topic": TOPIC},
         "overrideReasons": list(OVERRIDE_REASONS),
@@ -296,17 +353,52 @@ def build_cards(
     if assessment.band == "likely":
         suggestion_uuid = _uuid(instance, card_key, "suggestion")
         resource = referral_resource(
-            model, assessment, patient_reference=patient_reference, user_id=user_id, suggestion_uuid=suggestion_uuid
+            model,
+            assessment,
+            patient_reference=patient_reference,
+            user_id=user_id,
+            suggestion_uuid=suggestion_uuid,
+            extra_codings=options.order_codings,
         )
         card["suggestions"] = [
             {
                 "label": "Consider a referral for lumbar spine evaluation",
                 "uuid": suggestion_uuid,
                 "isRecommended": False,
+                # Epic shows the action's description, not the label: it says the whole thing
                 "actions": [
-                    {"type": "create", "description": "Create a draft referral for lumbar spine evaluation", "resource": resource}
+                    {
+                        "type": "create",
+                        "description": "Consider a referral for lumbar spine evaluation (a draft for you to review)",
+                        "resource": resource,
+                    }
                 ],
             }
         ]
-        card["selectionBehavior"] = "at-most-one"
-    return [prune(card)]
+        # "any" is the one value every known client (Epic among them) accepts; with one suggestion it
+        # allows nothing "at-most-one" would not
+        card["selectionBehavior"] = "any"
+    return [shaped(card, options)]
+
+
+_TRIGGER_DETAIL = {"orders": "Knee-directed order drafted", "appointments": "Knee procedure being booked"}
+
+
+def order_annotations(
+    assessment: Assessment, orders: Sequence[Intervention], drafts: Sequence[Mapping[str, Any]], assessment_id: str
+) -> list[dict[str, Any]]:
+    """systemActions noting the assessment on each drafted knee ServiceRequest (CDS Hooks 2.0 lets a service
+    update a draft resource of the call's context). The note names the assessment and its band, nothing else."""
+    wanted = {o.reference for o in orders if o.resource_type == "ServiceRequest"}
+    actions: list[dict[str, Any]] = []
+    for draft in drafts:
+        if draft.get("resourceType") != "ServiceRequest" or f"ServiceRequest/{draft.get('id')}" not in wanted:
+            continue
+        resource = copy.deepcopy(dict(draft))
+        notes = resource.get("note")
+        notes = notes if isinstance(notes, list) else []
+        text = f"Spine-origin knee pain assessment {assessment_id}: {assessment.band}; consider the lumbar spine first."
+        resource["note"] = [*notes, {"text": text}]
+        description = "Note the spine-origin knee pain assessment on the drafted order"
+        actions.append({"type": "update", "description": description, "resource": resource})
+    return actions

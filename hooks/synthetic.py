@@ -552,15 +552,23 @@ def searchset(resources: Iterable[Resource]) -> Resource:
     return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
 
 
+def _is_exam(resource: Resource) -> bool:
+    """An Observation of the `exam` category: the service asks for those with a search of their own."""
+    if resource["resourceType"] != "Observation":
+        return False
+    return any(c.get("code") == "exam" for concept in resource.get("category") or [] for c in concept.get("coding") or [])
+
+
 def prefetch_for(resources: Iterable[Resource]) -> dict[str, Any]:
-    """The prefetch an EHR would send for these resources, one searchset Bundle per template."""
-    grouped: dict[str, list[Resource]] = {key: [] for key in _PREFETCH_KEYS.values()}
+    """The prefetch an EHR would send for these resources, one searchset Bundle per template (Observations by
+    code in `observations`, examinations in `examObservations`)."""
+    grouped: dict[str, list[Resource]] = {key: [] for key in (*_PREFETCH_KEYS.values(), "examObservations")}
     patient: Resource | None = None
     for resource in resources:
         if resource["resourceType"] == "Patient":
             patient = resource
             continue
-        key = _PREFETCH_KEYS.get(resource["resourceType"])
+        key = "examObservations" if _is_exam(resource) else _PREFETCH_KEYS.get(resource["resourceType"])
         if key:
             grouped[key].append(resource)
     out: dict[str, Any] = {"patient": patient}

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import jwt
@@ -102,12 +102,22 @@ class HttpPeer:
 
 
 class FhirServer:
-    """An in-memory FHIR R4 server: read by id, search by patient, paginated searchset Bundles."""
+    """An in-memory FHIR R4 server: read by id; search by patient, `code` and `category` tokens (`system|code`,
+    comma-separated) and `_count`; paginated searchset Bundles. With `require_observation_filter` it refuses an
+    Observation search by patient alone, as Epic and US Core servers do."""
 
-    def __init__(self, resources: list[dict[str, Any]], page_size: int = 50, token: str | None = None) -> None:
+    def __init__(
+        self,
+        resources: list[dict[str, Any]],
+        page_size: int = 50,
+        token: str | None = None,
+        *,
+        require_observation_filter: bool = False,
+    ) -> None:
         self.resources = resources
         self.page_size = page_size
         self.token = token
+        self.require_observation_filter = require_observation_filter
         self.fail_types: set[str] = set()
         self.peer = HttpPeer(self._handle)
 
@@ -117,24 +127,31 @@ class FhirServer:
 
     def _handle(self, path: str, query: dict[str, list[str]], headers: dict[str, str]) -> tuple[int, Any]:
         if self.token and headers.get("authorization") != f"Bearer {self.token}":
-            return 401, {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "login"}]}
+            return 401, _outcome("login")
         parts = path.removeprefix("/fhir/").split("/")
         resource_type = parts[0]
         if resource_type in self.fail_types:
-            return 500, {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]}
+            return 500, _outcome("exception")
         if len(parts) == 2:
             for resource in self.resources:
                 if resource["resourceType"] == resource_type and resource.get("id") == parts[1]:
                     return 200, resource
-            return 404, {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]}
+            return 404, _outcome("not-found")
+        if resource_type == "Observation" and self.require_observation_filter and not ({"code", "category"} & set(query)):
+            return 400, _outcome("required", "An Observation search needs a code or category parameter besides patient.")
         patient = query.get("patient", [""])[0]
         matches = [
             r
             for r in self.resources
-            if r["resourceType"] == resource_type and (r.get("subject") or {}).get("reference") == f"Patient/{patient}"
+            if r["resourceType"] == resource_type
+            and (r.get("subject") or {}).get("reference") == f"Patient/{patient}"
+            and _has_token(r.get("code"), query.get("code"))
+            and _has_token(r.get("category"), query.get("category"))
         ]
+        # `_count` asks for a page size; the server keeps to its own maximum, as real servers do
+        page_size = min(int(query.get("_count", [str(self.page_size)])[0]), self.page_size)
         offset = int(query.get("_offset", ["0"])[0])
-        page = matches[offset : offset + self.page_size]
+        page = matches[offset : offset + page_size]
         bundle: dict[str, Any] = {
             "resourceType": "Bundle",
             "type": "searchset",
@@ -144,11 +161,31 @@ class FhirServer:
                 for r in page
             ],
         }
-        if offset + self.page_size < len(matches):
-            bundle["link"] = [
-                {"relation": "next", "url": f"{self.base}/{resource_type}?patient={patient}&_offset={offset + self.page_size}"}
-            ]
+        if offset + page_size < len(matches):
+            kept = {k: v[0] for k, v in query.items() if k != "_offset"}
+            kept["_offset"] = str(offset + page_size)
+            bundle["link"] = [{"relation": "next", "url": f"{self.base}/{resource_type}?{urlencode(kept)}"}]
         return 200, bundle
+
+
+def _outcome(code: str, text: str | None = None) -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": "error", "code": code}
+    if text:
+        issue["diagnostics"] = text
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def _has_token(concepts: Any, wanted: list[str] | None) -> bool:
+    """Whether a CodeableConcept (or a list of them) holds one of the token search's `system|code` values."""
+    if not wanted:
+        return True
+    tokens = {t for value in wanted for t in value.split(",")}
+    for concept in concepts if isinstance(concepts, list) else [concepts]:
+        for coding in (concept or {}).get("coding") or []:
+            system, code = coding.get("system", ""), coding.get("code", "")
+            if code in tokens or f"{system}|{code}" in tokens:
+                return True
+    return False
 
 
 class SigningEhr:

@@ -6,9 +6,13 @@ import uuid
 from datetime import date
 from typing import Any
 
+from hooks.model import load_model
+from hooks.services import default_prefetch
 from hooks.synthetic import SNOMED, Factory, generate, prefetch_for, searchset
 
 TODAY = date.today()
+# the prefetch templates of the embedded defaults: one FHIR read per key when the EHR sends no prefetch
+PREFETCH_TEMPLATES = default_prefetch(load_model())
 
 
 def patient_view(profile: str = "radiculopathy-knee-pain", *, prefetch: bool = True, seed: int = 0) -> dict[str, Any]:

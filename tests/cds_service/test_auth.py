@@ -1026,3 +1026,74 @@ def test_tokens_are_never_logged_or_stored(
     assert card in stored  # the rows were read
     for secret in secrets:
         assert secret not in stored
+
+
+# ---------------------------------------------------------------------------------------------
+# Oracle Health: the token's jku must be on the list of JKUs the issuer publishes
+# ---------------------------------------------------------------------------------------------
+
+
+def jku_list_peer(holder: dict[str, Any]) -> HttpPeer:
+    """The issuer's key endpoint: `holder["list"]` at /jkus.json, `holder["jwks"]` at /jwks.json."""
+
+    def handle(path: str, _query: dict[str, list[str]], _headers: dict[str, str]) -> tuple[int, Any]:
+        if path == "/jkus.json":
+            return holder.get("status", 200), holder["list"]
+        if path == "/jwks.json":
+            return 200, holder["jwks"]
+        return 404, {"error": "not found"}
+
+    return HttpPeer(handle)
+
+
+@pytest.mark.parametrize("shape", ["object", "array"])
+def test_a_jku_on_the_issuers_published_list_is_fetched_and_the_list_is_cached(
+    service_factory: ServiceFactory, ehr: SigningEhr, shape: str
+) -> None:
+    key = KeyPair.generate("oracle-1")
+    holder: dict[str, Any] = {"jwks": {"keys": [key.jwk]}}
+    peer = jku_list_peer(holder)
+    with peer.running():
+        jku = peer.url + "/jwks.json"
+        holder["list"] = {"jkus": [jku]} if shape == "object" else [jku]
+        running = service_factory(trusted_issuers={ehr.issuer: {"profile": "oracle", "jku_list_url": peer.url + "/jkus.json"}})
+        for _ in range(2):
+            token = key.sign(claims(ehr.issuer, running.base_url + DISCOVERY_PATH), jku=jku)
+            assert DISCOVERY.send(running, bearer(token)).status_code == 200
+        assert [r.path for r in peer.requests] == ["/jkus.json", "/jwks.json"]
+
+
+@pytest.mark.parametrize("published", [{"status": 503, "list": {}}, {"list": {"jkus": "not a list"}}, {"list": [1, 2]}])
+def test_an_unavailable_or_unreadable_jku_list_refuses_the_token_without_fetching_the_jku(
+    service_factory: ServiceFactory, ehr: SigningEhr, published: dict[str, Any]
+) -> None:
+    key = KeyPair.generate("oracle-1")
+    holder: dict[str, Any] = {"jwks": {"keys": [key.jwk]}, **published}
+    peer = jku_list_peer(holder)
+    with peer.running():
+        running = service_factory(trusted_issuers={ehr.issuer: {"profile": "oracle", "jku_list_url": peer.url + "/jkus.json"}})
+        token = key.sign(claims(ehr.issuer, running.base_url + DISCOVERY_PATH), jku=peer.url + "/jwks.json")
+        assert_bare_401(DISCOVERY.send(running, bearer(token)))
+        assert [r.path for r in peer.requests] == ["/jkus.json"]
+
+
+def test_a_token_without_jku_from_an_issuer_known_only_by_its_jku_list_is_refused(
+    service_factory: ServiceFactory, ehr: SigningEhr
+) -> None:
+    key = KeyPair.generate("oracle-1")
+    peer = jku_list_peer({"jwks": {"keys": [key.jwk]}, "list": []})
+    with peer.running():
+        running = service_factory(trusted_issuers={ehr.issuer: {"profile": "oracle", "jku_list_url": peer.url + "/jkus.json"}})
+        token = key.sign(claims(ehr.issuer, running.base_url + DISCOVERY_PATH))
+        assert_bare_401(DISCOVERY.send(running, bearer(token)))
+        assert peer.requests == []
+
+
+@pytest.mark.parametrize(("profile", "lifetime", "status"), [("epic", 900, 200), ("generic", 900, 401), ("epic", 1200, 401)])
+def test_the_epic_profile_accepts_the_15_minute_tokens_epic_signs(
+    service_factory: ServiceFactory, ehr: SigningEhr, profile: str, lifetime: int, status: int
+) -> None:
+    running = service_factory(trusted_issuers={ehr.issuer: {"jwks": ehr.jwks, "profile": profile}})
+    now = int(time.time())
+    token = ehr.token(running.base_url + DISCOVERY_PATH, alg="RS384", iat=now, nbf=now - 300, exp=now + lifetime)
+    assert DISCOVERY.send(running, bearer(token)).status_code == status

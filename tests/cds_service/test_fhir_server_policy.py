@@ -27,7 +27,7 @@ import pytest
 
 from cds_service.fetch import PrefetchFetcher
 from hooks.synthetic import generate, prefetch_for
-from tests.cds_service.requests import FHIR_TOKEN, TODAY, fetched_from, patient_view_of
+from tests.cds_service.requests import FHIR_TOKEN, PREFETCH_TEMPLATES, TODAY, fetched_from, patient_view_of
 from tests.conftest import redis_client_or_skip
 from tests.support import FhirServer, LogReader, Resolver, RunningService, SigningEhr, assert_cards_response, error_of
 
@@ -291,7 +291,7 @@ def test_a_listed_fhir_server_is_fetched_with_the_token(
 
     assert len(assert_cards_response(running.post(PATIENT_VIEW, body))) == 1
 
-    assert len(server.peer.requests) == 5
+    assert len(server.peer.requests) == len(PREFETCH_TEMPLATES)
     assert {r.headers["authorization"] for r in server.peer.requests} == {f"Bearer {FHIR_TOKEN}"}
     assert_logged(running, read_log, body, "cards", 200)
 
@@ -437,6 +437,6 @@ def test_a_redirect_from_the_fhir_server_is_not_followed(
 
     assert response.status_code == 412
     assert error_of(response)["code"] == "prefetch_unavailable"
-    assert len(redirecting.requests) == 5
+    assert len(redirecting.requests) == len(PREFETCH_TEMPLATES)
     assert elsewhere.connections == []
     assert_logged(running, read_log, body, "prefetch_unavailable")

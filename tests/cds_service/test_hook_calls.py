@@ -57,7 +57,7 @@ def test_discovery_declares_prefetch_templates_with_context_tokens(service: Runn
     """req 29, req 36, req 55, req 56, req 57, req 59: each service registers its prefetch templates in
     discovery, keyed, with tokens delimited by {{ }} naming only `context.<root primitive field>`."""
     services = service.get("/cds-services").json()["services"]
-    expected_keys = {"patient", "conditions", "observations", "procedures", "serviceRequests"}
+    expected_keys = {"patient", "conditions", "observations", "examObservations", "procedures", "serviceRequests"}
     for entry in services:
         prefetch = entry["prefetch"]
         assert set(prefetch) == expected_keys
@@ -122,7 +122,7 @@ def test_every_card_is_valid_cds_hooks(service: RunningService, hook: str) -> No
     card = cards[0]
     assert card_problems(card) == []
     # the members this service always sends, checked explicitly as well as by card_problems
-    assert card["selectionBehavior"] == "at-most-one"
+    assert card["selectionBehavior"] == "any"
     assert all(isinstance(r["display"], str) and r["display"] for r in card["overrideReasons"])
     action = card["suggestions"][0]["actions"][0]
     assert action["type"] == "create"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from hooks.synthetic import ICD10, SNOMED, Factory, generate, prefetch_for
-from tests.cds_service.requests import FHIR_TOKEN, TODAY, fetched_from, order_sign, patient_view_of
+from tests.cds_service.requests import FHIR_TOKEN, PREFETCH_TEMPLATES, TODAY, fetched_from, order_sign, patient_view_of
 from tests.support import FhirServer, HttpPeer, LogReader, RunningService, assert_cards_response, error_of
 
 PATIENT_VIEW = "/cds-services/spine-knee-patient-view"
@@ -45,7 +45,7 @@ def test_missing_prefetch_is_fetched_with_the_bearer_token(
     service_trusting: StartService, fhir_server_factory: StartFhir
 ) -> None:
     """req 61: the service presents the access token from fhirAuthorization on every FHIR call
-    (and fetches each of its five prefetch keys once)."""
+    (and fetches each of its prefetch keys once)."""
     resources = radiculopathy(seed=101)
     patient_id = resources[0]["id"]
     server = fhir_server_factory(resources, token=FHIR_TOKEN)
@@ -56,12 +56,12 @@ def test_missing_prefetch_is_fetched_with_the_bearer_token(
 
     assert len(cards) == 1 and cards[0]["indicator"] == "warning"
     assert fetched_paths(server) == sorted(
-        [f"/fhir/Patient/{patient_id}", "/fhir/Condition", "/fhir/Observation", "/fhir/Procedure", "/fhir/ServiceRequest"]
+        "/fhir/" + template.split("?")[0].replace("{{context.patientId}}", patient_id) for template in PREFETCH_TEMPLATES.values()
     )
     for request in server.peer.requests:
         assert request.headers["authorization"] == f"Bearer {FHIR_TOKEN}"
         if request.path != f"/fhir/Patient/{patient_id}":
-            assert request.query == {"patient": [patient_id]}
+            assert request.query["patient"] == [patient_id]
     # the card is the one the same record gives when the EHR sends the prefetch itself
     with_prefetch = service.post(PATIENT_VIEW, patient_view_of(resources)).json()["cards"][0]
     assert cards[0]["detail"] == with_prefetch["detail"]
@@ -125,7 +125,7 @@ def test_a_key_sent_is_not_fetched_again(service_trusting: StartService, fhir_se
     body["prefetch"] = {"patient": full["patient"], "conditions": full["conditions"]}
 
     assert len(assert_cards_response(service.post(PATIENT_VIEW, body))) == 1
-    assert fetched_paths(server) == ["/fhir/Observation", "/fhir/Procedure", "/fhir/ServiceRequest"]
+    assert fetched_paths(server) == ["/fhir/Observation", "/fhir/Observation", "/fhir/Procedure", "/fhir/ServiceRequest"]
 
 
 def test_a_complete_prefetch_makes_no_fhir_call(service: RunningService, fhir_server_factory: StartFhir) -> None:
@@ -163,8 +163,7 @@ def test_an_empty_record_gives_200_and_no_card(service: RunningService) -> None:
     resources = radiculopathy(seed=107)
     body = patient_view_of(resources, prefetch=False)
     empty = {"resourceType": "Bundle", "type": "searchset", "total": 0}
-    body["prefetch"] = {"patient": resources[0], "conditions": empty, "observations": empty, "procedures": empty}
-    body["prefetch"]["serviceRequests"] = empty
+    body["prefetch"] = {key: empty for key in PREFETCH_TEMPLATES} | {"patient": resources[0]}
     assert service.post(PATIENT_VIEW, body).json() == {"cards": []}
 
 
@@ -175,7 +174,7 @@ def test_missing_prefetch_without_a_fhir_server_is_412(service: RunningService) 
     assert response.status_code == 412
     error = error_of(response)
     assert error["code"] == "prefetch_unavailable"
-    assert sorted(error["details"]["keys"]) == sorted(["patient", "conditions", "observations", "procedures", "serviceRequests"])
+    assert sorted(error["details"]["keys"]) == sorted(PREFETCH_TEMPLATES)
 
 
 def test_one_missing_key_without_a_fhir_server_is_412(service: RunningService) -> None:
@@ -312,5 +311,5 @@ def test_order_hooks_fetch_their_prefetch_too(service_trusting: StartService, fh
     service = service_trusting(server.base)
     cards = assert_cards_response(service.post("/cds-services/spine-knee-order-sign", fetched_from(body, server.base)))
     assert len(cards) == 1 and cards[0]["summary"].startswith("Knee order drafted")
-    assert len(server.peer.requests) == 5
+    assert len(server.peer.requests) == len(PREFETCH_TEMPLATES)
     assert {r.headers["authorization"] for r in server.peer.requests} == {f"Bearer {FHIR_TOKEN}"}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hooks.synthetic import SNOMED, Factory, radiculopathy_knee_pain
-from tests.cds_service.requests import TODAY, fetched_from
+from tests.cds_service.requests import PREFETCH_TEMPLATES, TODAY, fetched_from
 from tests.conftest import SHARED_DATA
 from tests.support import FhirServer, RunningService, assert_cards_response, error_of, resources_from_transaction
 
@@ -71,7 +71,7 @@ def test_public_order_request_gets_cards_from_a_reachable_fhir_server(
 
     # a diet order and a medication are not knee-directed: no card
     assert cards == []
-    assert len(server.peer.requests) == 5
+    assert len(server.peer.requests) == len(PREFETCH_TEMPLATES)
     assert {r.headers["authorization"] for r in server.peer.requests} == {f"Bearer {token}"}
 
 

@@ -14,8 +14,8 @@ import pytest
 from hooks.assessment import Assessor
 from hooks.cards import CardOptions
 from hooks.fhir import read_orders
-from hooks.model import Model
-from hooks.services import PREFETCH, REQUIRED_CONTEXT, SERVICES, SERVICES_BY_ID, evaluate
+from hooks.model import Model, load_model
+from hooks.services import DEFAULT_ENABLED, REQUIRED_CONTEXT, SERVICES, SERVICES_BY_ID, Catalog, default_prefetch, evaluate
 from hooks.synthetic import ICD10, LOINC, SNOMED, Factory, Resource, generate, searchset
 from tests.hooks.conftest import CPT, DOCS_URL, HookCall, chest_xray_order, knee_mri_order
 
@@ -101,35 +101,85 @@ class TestDeclarations:
         assert all(re.fullmatch(r"[a-z0-9-]+", i) for i in ids)
 
     def test_hooks(self) -> None:
-        assert sorted(s.hook for s in SERVICES) == ["order-select", "order-sign", "patient-view"]
+        assert sorted(s.hook for s in SERVICES) == [
+            "appointment-book",
+            "encounter-start",
+            "order-select",
+            "order-sign",
+            "patient-view",
+            "problem-list-item-create",
+        ]
         assert set(REQUIRED_CONTEXT) == {s.hook for s in SERVICES}
+        # the newer trigger points are for a site to turn on
+        assert sorted(SERVICES_BY_ID[i].hook for i in DEFAULT_ENABLED) == ["order-select", "order-sign", "patient-view"]
 
     @pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.id)
-    def test_discovery(self, service: Any) -> None:
-        out = service.discovery()
+    def test_discovery(self, service: Any, model: Model) -> None:
+        templates = default_prefetch(model)
+        out = service.discovery(templates)
         assert {"hook", "id", "title", "description", "prefetch"} <= set(out)
         assert out["hook"] == service.hook and out["id"] == service.id
         assert isinstance(out["title"], str) and out["title"]
         assert isinstance(out["description"], str) and out["description"]
-        assert set(out["prefetch"]) == {"patient", "conditions", "observations", "procedures", "serviceRequests"}
-        assert out["prefetch"] == dict(PREFETCH)
+        assert set(out["prefetch"]) == {
+            "patient",
+            "conditions",
+            "observations",
+            "examObservations",
+            "procedures",
+            "serviceRequests",
+        }
         for template in out["prefetch"].values():
             assert "{{context.patientId}}" in template
         assert out["prefetch"]["patient"] == "Patient/{{context.patientId}}"
         for key, resource_type in [
             ("conditions", "Condition"),
-            ("observations", "Observation"),
             ("procedures", "Procedure"),
             ("serviceRequests", "ServiceRequest"),
         ]:
-            assert out["prefetch"][key] == f"{resource_type}?patient={{{{context.patientId}}}}"
+            assert out["prefetch"][key] == f"{resource_type}?patient={{{{context.patientId}}}}&_count=100"
         assert all(v not in (None, "", [], {}) for v in out.values())
         orjson.dumps(out)
+
+    def test_observation_searches_name_a_code_or_a_category(self, model: Model) -> None:
+        """US Core and Epic refuse an Observation search by patient alone."""
+        templates = default_prefetch(model)
+        observation_searches = [t for t in templates.values() if t.startswith("Observation?")]
+        assert len(observation_searches) == 2
+        for template in observation_searches:
+            assert "&code=" in template or "&category=" in template
+            assert "&_count=" in template
+        assert "http://loinc.org|72514-3" in templates["observations"]  # pain severity
+        assert templates["examObservations"].endswith("category=exam&_count=100")
+
+    def test_site_codes_join_the_observation_search(self) -> None:
+        site = {"codes": {"femoral_stretch_exam": [{"system": "http://example.org/site-codes", "code": "FNST"}]}}
+        templates = default_prefetch(load_model(site=site))
+        assert "http://example.org/site-codes|FNST" in templates["observations"]
+
+    def test_a_site_replaces_or_drops_a_template(self, model: Model) -> None:
+        catalog = Catalog.build(
+            model,
+            DEFAULT_ENABLED,
+            {"conditions": "Condition?patient={{context.patientId}}&category=problem-list-item", "examObservations": None},
+        )
+        assert catalog.prefetch["conditions"].endswith("category=problem-list-item")
+        assert "examObservations" not in catalog.prefetch
+        assert all(s["prefetch"] == catalog.prefetch for s in catalog.discovery())
+
+    def test_discovery_lists_only_enabled_services(self, model: Model) -> None:
+        assert [s["id"] for s in Catalog.build(model).discovery()] == list(DEFAULT_ENABLED)
+        chosen = Catalog.build(model, ["spine-knee-encounter-start", "spine-knee-order-sign"])
+        assert [s["hook"] for s in chosen.discovery()] == ["order-sign", "encounter-start"]
+        assert chosen.get("spine-knee-patient-view") is None
 
     def test_required_context(self) -> None:
         assert REQUIRED_CONTEXT["order-select"] == ("userId", "patientId", "selections", "draftOrders")
         assert REQUIRED_CONTEXT["order-sign"] == ("userId", "patientId", "draftOrders")
         assert REQUIRED_CONTEXT["patient-view"] == ("userId", "patientId")
+        assert REQUIRED_CONTEXT["encounter-start"] == ("userId", "patientId", "encounterId")
+        assert REQUIRED_CONTEXT["problem-list-item-create"] == ("userId", "patientId", "conditions")
+        assert REQUIRED_CONTEXT["appointment-book"] == ("userId", "patientId", "appointments")
 
 
 # -- knee-directed orders --------------------------------------------------------------------------
