@@ -159,6 +159,7 @@ def test_epic_audience_is_the_exact_registered_url(epic: Any) -> None:
 
 
 def test_epic_order_sign_annotates_the_drafted_knee_order_when_the_site_turns_it_on(epic: Any) -> None:
+    """req 75: a systemActions array beside the cards, updating the drafted order with a note."""
     resources = record(seed=305)
     running, fhir, ehr, keys = epic(resources, annotate_orders=True)
     order = knee_mri(Factory(seed=9, today=TODAY, patient_id=resources[0]["id"]))
