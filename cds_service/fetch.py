@@ -127,7 +127,10 @@ class PrefetchFetcher:
         # listed server (its address unchecked) never serves the call of an issuer without a list
         self._listed_client = egress_client(policy, timeout=timeout, check_addresses=False, network_backend=network_backend)
         self._checked_client = egress_client(policy, timeout=timeout, check_addresses=True, network_backend=network_backend)
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="prefetch")
+        # one pool per process, shared by its request threads: sized so that every thread's call (8 per
+        # worker by default) can have all its keys in flight at once, as on an Oracle call with no prefetch;
+        # threads start only when needed
+        self._pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="prefetch")
 
     @classmethod
     def from_settings(
