@@ -15,8 +15,9 @@ import pytest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from hooks.assessment import Assessment
-from hooks.cards import OVERRIDE_REASONS, CardOptions, build_cards, prune
+from hooks.cards import OVERRIDE_REASONS, RED_FLAG_TOPIC, TOPIC, CardOptions, build_cards, plain_text, prune
 from hooks.model import Model, load_model
+from hooks.services import SERVICES_BY_ID, evaluate
 from hooks.synthetic import ICD10, PROFILES, SNOMED, Factory
 from tests.hooks.conftest import (
     DOCS_URL,
@@ -548,3 +549,47 @@ def test_the_referral_names_a_clinician_requester_only(model: Model, today: date
     call.context["userId"] = "PractitionerRole/pr-9"
     resource = call.run(model, today, instance="other").cards[0]["suggestions"][0]["actions"][0]["resource"]
     assert resource["requester"] == {"reference": "PractitionerRole/pr-9"}
+
+
+# -- card shape per client -------------------------------------------------------------------------
+
+
+def _card_with(model: Model, today: date, patient_view_request: PatientView, options: CardOptions) -> dict[str, Any]:
+    call = patient_view_request("radiculopathy-knee-pain")
+    cards = evaluate(
+        model, SERVICES_BY_ID[call.service_id], call.context, call.prefetch, options, today=today, instance="i-1"
+    ).cards
+    assert len(cards) == 1
+    return cards[0]
+
+
+def test_plain_detail_keeps_the_words_and_drops_the_markup(model: Model, today: date, patient_view_request: PatientView) -> None:
+    markdown = _card_with(model, today, patient_view_request, CardOptions(DOCS_URL))
+    plain = _card_with(model, today, patient_view_request, CardOptions(DOCS_URL, detail_format="plain"))
+    assert "**" in markdown["detail"] and "**" not in plain["detail"]
+    assert "](" not in plain["detail"] and f"Why, sources ({DOCS_URL})" in plain["detail"]
+    assert plain_text(markdown["detail"]) == plain["detail"]
+    assert {k: v for k, v in plain.items() if k != "detail"} == {k: v for k, v in markdown.items() if k != "detail"}
+
+
+def test_links_off_the_allow_list_are_left_off(model: Model, today: date, patient_view_request: PatientView) -> None:
+    allowed = _card_with(model, today, patient_view_request, CardOptions(DOCS_URL, link_allowlist=("https://cds.example.org/",)))
+    refused = _card_with(
+        model, today, patient_view_request, CardOptions(DOCS_URL, link_allowlist=("https://intranet.example.org/",))
+    )
+    assert allowed["links"][0]["url"] == DOCS_URL and allowed["source"]["url"] == DOCS_URL
+    assert "links" not in refused and "url" not in refused["source"]
+    assert refused["source"]["label"] and refused["source"]["topic"] == TOPIC
+
+
+def test_a_site_orderable_joins_the_referral_code(model: Model, today: date, patient_view_request: PatientView) -> None:
+    orderable = {"system": "urn:oid:1.2.3.4", "code": "REF1", "display": "Spine clinic referral"}
+    card = _card_with(model, today, patient_view_request, CardOptions(DOCS_URL, order_codings=(orderable,)))
+    codings = card["suggestions"][0]["actions"][0]["resource"]["code"]["coding"]
+    assert codings[0]["system"] == "http://snomed.info/sct" and codings[1:] == [orderable]
+
+
+def test_topic_codes_are_static_and_alphanumeric_and_a_red_flag_has_its_own() -> None:
+    for topic in (TOPIC, RED_FLAG_TOPIC):
+        assert re.fullmatch(r"[A-Za-z0-9]{1,100}", topic["code"])
+    assert TOPIC["code"] != RED_FLAG_TOPIC["code"]
