@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_audit import decision_row, sample_card  # noqa: E402
 from bench.bench_hooks import ISSUER, SERVICE_PATH, Signer, cpu_seconds, make_body  # noqa: E402
-from cds_service import create_app  # noqa: E402
-from cds_service.app import components  # noqa: E402
+from cds_service.app import create_app  # noqa: E402
+from cds_service.components import components  # noqa: E402
 from hooks.cards import CardOptions  # noqa: E402
 from hooks.services import SERVICES_BY_ID, evaluate  # noqa: E402
 

@@ -272,7 +272,7 @@ def main() -> None:
         }
         # migrate once up front, as `spine-cds serve` does
         subprocess.run(
-            [sys.executable, "-c", "from cds_service import create_app; create_app()"],
+            [sys.executable, "-c", "from cds_service.app import create_app; create_app()"],
             cwd=ROOT,
             env={**os.environ, **env},
             check=True,

@@ -1,5 +1,1 @@
-"""The CDS Hooks web service."""
-
-from cds_service.app import create_app
-
-__all__ = ["create_app"]
+"""The CDS Hooks web service and the decision log (`cds_service.app.create_app` builds the service)."""

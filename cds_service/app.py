@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
-from flask import Flask, current_app
+from flask import Flask
 from flask.json.provider import JSONProvider
-from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from cds_service import population_views, views
+from cds_service.audit import api, pages
 from cds_service.audit.throttle import AttemptStore, FallbackAttempts, LoginThrottle, MemoryAttempts, RedisAttempts
 from cds_service.auth import (
     Authenticator,
@@ -25,28 +21,15 @@ from cds_service.auth import (
     RedisReplayStore,
     ReplayStore,
 )
+from cds_service.components import Components
 from cds_service.db import DecisionLog, make_engine, upgrade
 from cds_service.errors import register_error_handlers
 from cds_service.fetch import PrefetchFetcher
+from cds_service.keys import audit_key, instance_secret, pseudonym_key
 from cds_service.pipeline import FeedbackPipeline, HookPipeline, snooze_rule
-from cds_service.settings import Settings, load_settings
-from hooks.model import Model, load_model
+from cds_service.settings import load_settings
+from hooks.model import load_model
 from hooks.services import Catalog
-
-
-@dataclass
-class Components:
-    """Everything a request needs, built once per process."""
-
-    settings: Settings
-    model: Model
-    engine: Engine
-    decision_log: DecisionLog
-    authenticator: Authenticator
-    hooks: HookPipeline
-    feedback: FeedbackPipeline
-    login_throttle: LoginThrottle
-    redis: Any | None
 
 
 class OrjsonProvider(JSONProvider):
@@ -57,43 +40,6 @@ class OrjsonProvider(JSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return orjson.loads(s)
-
-
-def components() -> Components:
-    found: Components = current_app.extensions["spine_cds"]
-    return found
-
-
-def instance_secret(settings: Settings, configured: str | None, name: str) -> bytes:
-    """A configured key, or for the embedded default one generated once into the instance folder.
-
-    Several workers may start at once: the key is written to a private temporary file and linked into
-    place, which fails for all but the first, so every worker reads the same key.
-    """
-    if configured:
-        return configured.encode()
-    path = settings.instance_path / name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
-        descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_hex(32))
-        try:
-            os.link(scratch, path)
-        except FileExistsError:
-            pass
-        finally:
-            scratch.unlink()
-    return path.read_text().strip().encode()
-
-
-def pseudonym_key(settings: Settings) -> bytes:
-    return instance_secret(settings, settings.pseudonym_key, "pseudonym.key")
-
-
-def audit_key(settings: Settings) -> bytes:
-    return instance_secret(settings, settings.audit_key, "audit.key")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -155,19 +101,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         redis=redis_client,
     )
     register_error_handlers(app)
-    from cds_service import population_views
-    from cds_service.audit import api, pages
-    from cds_service.views import bp
-
-    app.register_blueprint(bp)
+    app.register_blueprint(views.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(population_views.bp)
     return app
-
-
-def model_doc() -> Path:
-    """docs/model.md in a source checkout, or where an installed wheel puts it."""
-    checkout = Path(__file__).resolve().parents[1] / "docs" / "model.md"
-    installed = Path(sys.prefix) / "share" / "spine-cds" / "model.md"
-    return checkout if checkout.exists() else installed

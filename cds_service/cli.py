@@ -61,7 +61,7 @@ def main() -> None:
 )
 def serve(host: str, port: int, workers: int | None, threads: int, timeout: int, bind: str | None) -> None:
     """Run the service under gunicorn."""
-    from cds_service.app import audit_key, pseudonym_key
+    from cds_service.keys import audit_key, pseudonym_key
 
     # once, before workers start: the schema and, on embedded defaults, the generated keys
     settings, engine = _store()
@@ -142,8 +142,8 @@ def audit() -> None:
 
 
 def _audit_parts() -> tuple[Engine, bytes, Any]:
-    from cds_service.app import audit_key
     from cds_service.audit.chain import AnchorFile
+    from cds_service.keys import audit_key
 
     settings, engine = _store()
     return engine, audit_key(settings), AnchorFile(settings.effective_anchor_path)

@@ -68,9 +68,10 @@ def validate_hook_request(document: Any, service: ServiceDeclaration) -> HookReq
         isinstance(context.get("selections"), list) and all(isinstance(s, str) for s in context["selections"])
     ):
         raise _bad("context.selections must be an array of strings.", field="context.selections")
-    for name in ("draftOrders", "conditions", "appointments"):
-        if name in context and not (isinstance(context[name], dict) and context[name].get("resourceType") == "Bundle"):
-            raise _bad(f"context.{name} must be a FHIR Bundle.", field=f"context.{name}")
+    # the Bundle the hook reads; a field another hook defines is not this hook's to check
+    bundle = context.get(service.trigger_field) if service.trigger_field else None
+    if bundle is not None and not (isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle"):
+        raise _bad(f"context.{service.trigger_field} must be a FHIR Bundle.", field=f"context.{service.trigger_field}")
     if body.fhirAuthorization is not None and body.fhirServer is None:
         raise _bad("'fhirAuthorization' is only allowed together with 'fhirServer'.", field="fhirAuthorization")
     token = body.fhirAuthorization.access_token if body.fhirAuthorization else None

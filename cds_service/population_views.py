@@ -8,8 +8,8 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import select
 
-from cds_service.app import components
 from cds_service.audit.accounts import Auditor, auditor_required
+from cds_service.components import components
 from cds_service.errors import ApiError
 from cds_service.models import PopulationJob
 

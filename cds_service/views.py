@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import markdown
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import text
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from cds_service.app import components, model_doc
 from cds_service.auth import Caller
+from cds_service.components import components
 from cds_service.errors import ApiError, Unauthorized
 
 bp = Blueprint("cds", __name__)
@@ -154,3 +156,10 @@ def model_identity() -> Response:
             "changelog": model.changelog,
         }
     )
+
+
+def model_doc() -> Path:
+    """docs/model.md in a source checkout, or where an installed wheel puts it."""
+    checkout = Path(__file__).resolve().parents[1] / "docs" / "model.md"
+    installed = Path(sys.prefix) / "share" / "spine-cds" / "model.md"
+    return checkout if checkout.exists() else installed

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from cds_service.models import PopulationJob, utcnow
 from worker import population
 from worker.bulk_export import MAX_WAIT, BulkClient, BulkExportError, ExportSpec, Manifest, describe
-from worker.tasks import WorkerContext, context, reliable_task, split_job
+from worker.tasks import EXPORT_KICKOFF, WorkerContext, context, reliable_task, split_job
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +60,10 @@ def export_dir(ctx: WorkerContext, job_id: str) -> Path:
     return (population.job_dir(ctx.settings.instance_path, job_id) / "export").resolve()
 
 
-def resume_export(job_id: str) -> bool:
-    """Pick an exporting job up again: it polls when it was kicked off, else it kicks off."""
-    current = population.job(context().engine, job_id)
-    if current is None or current["status"] != "exporting":
-        return False
-    export_kickoff.delay(job_id)
-    return True
-
-
 # -- tasks --------------------------------------------------------------------------------------
 
 
-@reliable_task("population.export_kickoff", soft_time_limit=600)
+@reliable_task(EXPORT_KICKOFF, soft_time_limit=600)
 def export_kickoff(job_id: str) -> str | None:
     """Start the export, keep its status URL with the job, then poll."""
     ctx = context()

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import orjson
-from celery import Task, shared_task
+from celery import Task, current_app, shared_task
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from cds_service.app import audit_key
 from cds_service.audit.chain import AnchorFile, PurgeRefused, anchor, purge, verify_and_record
 from cds_service.db import make_engine
+from cds_service.keys import audit_key
 from cds_service.settings import Settings, load_settings
 from hooks.model import Model, load_model
 from worker import population
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+# the export's first task (worker/export_tasks.py); it polls when the export was already kicked off
+EXPORT_KICKOFF = "population.export_kickoff"
 
 
 def reliable_task(name: str, *, soft_time_limit: int) -> Callable[[Callable[P, R]], Task[P, R]]:
@@ -164,9 +168,9 @@ def resume(job_id: str) -> None:
     if current is None:
         return
     if current["status"] == "exporting":
-        from worker.export_tasks import resume_export  # it builds on these tasks
-
-        resume_export(job_id)
+        # found by name in the app's registry (which includes the export tasks): they build on this module,
+        # which does not import them back; and unlike send_task it runs in-process when tasks run eagerly
+        current_app.tasks[EXPORT_KICKOFF].delay(job_id)
     elif current["status"] in ("splitting", "scoring"):
         split_job.delay(job_id, current["source"])
     elif current["status"] == "finishing":

@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from cds_service.app import components
 from cds_service.audit.throttle import LoginThrottle
+from cds_service.components import components
 from cds_service.errors import ApiError
 from cds_service.models import User, utcnow
 

@@ -14,10 +14,10 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from cds_service.app import components
 from cds_service.audit import export, openapi
 from cds_service.audit.accounts import Auditor, auditor_required
 from cds_service.audit.queries import MAX_ID, DecisionFilters, get_decision, list_decisions, page_args, stats
+from cds_service.components import components
 from cds_service.errors import ApiError
 
 bp = Blueprint("audit_api", __name__, url_prefix="/audit/api")

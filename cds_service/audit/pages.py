@@ -24,7 +24,6 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from werkzeug.wrappers import Response as BaseResponse
 
-from cds_service.app import components
 from cds_service.audit import charts
 from cds_service.audit.accounts import (
     Auditor,
@@ -45,6 +44,7 @@ from cds_service.audit.queries import (
     page_args,
     stats,
 )
+from cds_service.components import components
 from cds_service.errors import ApiError, TooManyAttempts
 from hooks.services import SERVICES
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cds_service import create_app
+from cds_service.app import create_app
 from tests.conftest import scratch_postgres
 from tests.support import FhirServer, LogReader, RunningService, SigningEhr, serve
 

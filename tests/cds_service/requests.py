@@ -8,7 +8,7 @@ from typing import Any
 
 from hooks.model import load_model
 from hooks.services import default_prefetch
-from hooks.synthetic import SNOMED, Factory, generate, prefetch_for, searchset
+from hooks.synthetic import CPT, ICD10, SNOMED, Factory, generate, prefetch_for, searchset
 
 TODAY = date.today()
 # the prefetch templates of the embedded defaults: one FHIR read per key when the EHR sends no prefetch
@@ -102,3 +102,82 @@ def overridden(
     if reason:
         item["overrideReason"] = reason
     return item
+
+
+# -- appended: the trigger points a site turns on (encounter-start, problem-list-item-create, appointment-book)
+
+
+# the problems problem_added can add (ICD-10-CM), and the procedures appointment_book can book (CPT)
+PROBLEM_DISPLAYS = {
+    "M25.561": "Pain in right knee",
+    "M17.11": "Unilateral primary osteoarthritis, right knee",
+    "M54.50": "Low back pain, unspecified",
+    "I10": "Essential (primary) hypertension",
+}
+SERVICE_TYPE_DISPLAYS = {
+    "29881": "Arthroscopy, knee, surgical; with meniscectomy",
+    "27447": "Arthroplasty, knee, condyle and plateau",
+    "29827": "Arthroscopy, shoulder, surgical; with rotator cuff repair",
+    "99213": "Office or other outpatient visit, established patient",
+}
+
+
+def encounter_start(profile: str = "radiculopathy-knee-pain", *, encounter_id: str = "enc-1") -> dict[str, Any]:
+    """An encounter-start body for a synthetic profile, its record prefetched."""
+    resources = generate(profile, today=TODAY)
+    return {
+        "hook": "encounter-start",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {"userId": "Practitioner/dr-1", "patientId": resources[0]["id"], "encounterId": encounter_id},
+        "prefetch": prefetch_for(resources),
+    }
+
+
+def problem_added(profile: str = "radiculopathy-knee-pain", *, code: str = "M25.561") -> dict[str, Any]:
+    """A problem-list-item-create body adding one active ICD-10-CM Condition `code` to a synthetic profile's record."""
+    resources = generate(profile, today=TODAY)
+    factory = Factory(seed=5, today=TODAY, patient_id=resources[0]["id"])
+    condition = factory.condition(ICD10, code, PROBLEM_DISPLAYS.get(code, code), onset_days_ago=0)
+    return {
+        "hook": "problem-list-item-create",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {
+            "userId": "Practitioner/dr-1",
+            "patientId": resources[0]["id"],
+            "conditions": searchset([condition]) | {"type": "collection"},
+        },
+        "prefetch": prefetch_for(resources),
+    }
+
+
+def appointment_book(
+    profile: str = "radiculopathy-knee-pain",
+    *,
+    user_id: str = "Practitioner/dr-1",
+    service_type: str = "29881",
+    status: str = "proposed",
+) -> dict[str, Any]:
+    """An appointment-book body by `user_id` booking one Appointment of CPT `service_type` for a synthetic profile."""
+    resources = generate(profile, today=TODAY)
+    factory = Factory(seed=5, today=TODAY, patient_id=resources[0]["id"])
+    booked = {
+        "resourceType": "Appointment",
+        "id": factory.new_id(),
+        "status": status,
+        "serviceType": [
+            {"coding": [{"system": CPT, "code": service_type, "display": SERVICE_TYPE_DISPLAYS.get(service_type, service_type)}]}
+        ],
+        "start": f"{factory.days_ago(-14)}T09:00:00Z",
+        "end": f"{factory.days_ago(-14)}T10:00:00Z",
+        "participant": [{"actor": {"reference": f"Patient/{resources[0]['id']}"}, "status": "needs-action"}],
+    }
+    return {
+        "hook": "appointment-book",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {
+            "userId": user_id,
+            "patientId": resources[0]["id"],
+            "appointments": searchset([booked]) | {"type": "collection"},
+        },
+        "prefetch": prefetch_for(resources),
+    }

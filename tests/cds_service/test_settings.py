@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from cds_service import cli, create_app
+from cds_service import cli
+from cds_service.app import create_app
 from cds_service.settings import Settings, SettingsError, load_settings
 
 ISSUER = "https://EHR.example.org/Auth"  # mixed case: issuer names are case-sensitive URLs

@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
-from cds_service.app import audit_key
 from cds_service.db import DecisionLog
+from cds_service.keys import audit_key
 from cds_service.models import LogEntry, PopulationJob, Verification
 from cds_service.settings import load_settings
 from hooks.fhir import RecordReader

@@ -1,0 +1,43 @@
+"""The service's secrets: configured, or for the embedded defaults generated once into the instance folder.
+
+The web service, the workers and the CLI read them here, so none of them needs the web application.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from cds_service.settings import Settings
+
+
+def instance_secret(settings: Settings, configured: str | None, name: str) -> bytes:
+    """A configured key, or for the embedded default one generated once into the instance folder.
+
+    Several workers may start at once: the key is written to a private temporary file and linked into
+    place, which fails for all but the first, so every worker reads the same key.
+    """
+    if configured:
+        return configured.encode()
+    path = settings.instance_path / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+        try:
+            os.link(scratch, path)
+        except FileExistsError:
+            pass
+        finally:
+            scratch.unlink()
+    return path.read_text().strip().encode()
+
+
+def pseudonym_key(settings: Settings) -> bytes:
+    return instance_secret(settings, settings.pseudonym_key, "pseudonym.key")
+
+
+def audit_key(settings: Settings) -> bytes:
+    return instance_secret(settings, settings.audit_key, "audit.key")
