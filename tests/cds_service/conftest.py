@@ -53,13 +53,14 @@ def service_factory(tmp_path: Path, ehr: SigningEhr) -> Iterator[Callable[..., R
         context = serve(app)
         base_url = context.__enter__()
         client = httpx.Client(base_url=base_url, timeout=10)
-        stack.append((context, client))
+        stack.append((context, client, app))
         return RunningService(base_url, app, ehr, client)
 
     yield start
-    for context, client in reversed(stack):
+    for context, client, app in reversed(stack):
         client.close()
         context.__exit__(None, None, None)
+        app.extensions["spine_cds"].engine.dispose()
 
 
 @pytest.fixture
@@ -122,3 +123,4 @@ def module_service(tmp_path_factory: pytest.TempPathFactory, ehr: SigningEhr) ->
     app = create_app(config)
     with serve(app) as base_url, httpx.Client(base_url=base_url, timeout=10) as client:
         yield RunningService(base_url, app, ehr, client)
+    app.extensions["spine_cds"].engine.dispose()
