@@ -144,6 +144,26 @@ def test_a_finding_on_the_other_side_is_shown_not_counted(
     assert [n.reason for n in a.not_counted] == ([] if counted else ["other side"])
 
 
+@pytest.mark.parametrize(
+    ("code", "counted"),
+    [("M17.12", False), ("M17.32", False), ("M17.11", True), ("M17.0", True), ("M17.9", True)],
+    ids=["primary-opposite", "post-traumatic-opposite", "same", "both", "unsided"],
+)
+def test_knee_osteoarthritis_of_the_other_knee_does_not_count_against(
+    model: Model, today: date, factory: Factory, code: str, counted: bool
+) -> None:
+    a = assess_resources(model, [*right_knee(factory), factory.condition(ICD10, code, code)], today)
+    assert ("knee_oa" in {c.signal.key for c in a.alternatives}) is counted
+    assert [n.reason for n in a.not_counted] == ([] if counted else ["other side"])
+
+
+def test_knee_osteoarthritis_as_the_complaint_gives_the_knee_side(model: Model, today: date, factory: Factory) -> None:
+    pain = factory.observation("http://loinc.org", "72514-3", "Pain severity", value=6, days_ago=10)
+    oa = factory.condition(ICD10, "M17.12", "Unilateral primary osteoarthritis, left knee")
+    a = assess_resources(model, [factory.patient(60), oa, pain], today)
+    assert a.eligible and a.knee_laterality == "left"
+
+
 def test_side_from_body_site_in_snomed_form(model: Model, today: date, factory: Factory) -> None:
     resources = [
         factory.patient(60),
