@@ -10,6 +10,7 @@ import gzip
 import json
 import logging
 import math
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,15 +64,29 @@ class WorkerContext:
     model: Model
 
 
-@lru_cache(maxsize=4)
-def _context(settings_json: str) -> WorkerContext:
-    settings = Settings.model_validate(json.loads(settings_json))
-    return WorkerContext(settings, make_engine(settings.effective_database_url), load_model(site=settings.site))
+_contexts: dict[str, WorkerContext] = {}
+_contexts_lock = threading.Lock()
 
 
 def context() -> WorkerContext:
-    """One engine and model per process and configuration."""
-    return _context(load_settings().model_dump_json())
+    """One engine and model per process and configuration. A process runs under one configuration; when it
+    changes (an eager run under new settings), the engine of the one before is disposed, not left open."""
+    settings_json = load_settings().model_dump_json()
+    with _contexts_lock:
+        found = _contexts.get(settings_json)
+        if found is None:
+            forget_contexts()
+            settings = Settings.model_validate(json.loads(settings_json))
+            found = WorkerContext(settings, make_engine(settings.effective_database_url), load_model(site=settings.site))
+            _contexts[settings_json] = found
+    return found
+
+
+def forget_contexts() -> None:
+    """Dispose of the engines this process built (its connections closed) and forget them."""
+    for old in _contexts.values():
+        old.engine.dispose()
+    _contexts.clear()
 
 
 @reliable_task("population.split", soft_time_limit=3000)

@@ -67,7 +67,7 @@ def engine_for() -> Iterator[Callable[[str], Engine]]:
 
 def forget_worker_context() -> None:
     """Drop the engines that worker.tasks cached in this process (eager runs), so none outlives its database."""
-    tasks._context.cache_clear()
+    tasks.forget_contexts()
     tasks._as_of.cache_clear()
 
 
