@@ -8,7 +8,8 @@ otherwise), trusting the bench issuer with `allow_http` and the issuer's `fhir_s
 FHIR R4 server (threaded `http.server`, `tests.support.FhirServer`) that holds one synthetic patient
 (`radiculopathy-knee-pain`), checks the access token and sleeps `--delay-ms` before each answer.
 
-One client, sequentially, each call with a fresh ES384 token, alternating two modes for the same patient:
+One client, sequentially, each call with a fresh ES384 token, alternating two modes for the same patient
+(then `--concurrency` callers at once, 8 by default, each sending `--calls` no-prefetch calls):
 - **no prefetch** (Oracle): `fhirServer` + `fhirAuthorization` and no `prefetch`, so the service fetches
   every key of its discovery prefetch (`GET /cds-services`) itself, in parallel threads;
 - **full prefetch**: the same call with every discovery key prefetched (`hooks.synthetic.prefetch_for`),
@@ -138,7 +139,30 @@ def summary(latencies: list[float]) -> dict[str, float]:
     }
 
 
-def run(calls: int, delay_ms: float, warmup: int) -> dict[str, Any]:
+def concurrent_calls(base: str, signer: Signer, patient_id: str, fhir_base: str, clients: int, calls: int) -> dict[str, Any]:
+    """`clients` callers at once, each sending `calls` no-prefetch calls back to back: the fetch pool and the
+    request threads under load (2 workers x 8 threads, so up to 16 calls and 96 reads in flight)."""
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def client() -> None:
+        caller = Caller(base, signer)
+        for _ in range(calls):
+            status, elapsed, _payload = caller.post(PATIENT_VIEW, body_for("no_prefetch", patient_id, fhir_base, {}))
+            with lock:
+                latencies.append(elapsed)
+                statuses[status] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"clients": clients, **summary(latencies), "statuses": dict(statuses)}
+
+
+def run(calls: int, delay_ms: float, warmup: int, concurrency: int = 8) -> dict[str, Any]:
     signer = Signer()
     resources = generate("radiculopathy-knee-pain", seed=1)
     patient_id = resources[0]["id"]
@@ -176,7 +200,9 @@ def run(calls: int, delay_ms: float, warmup: int) -> dict[str, Any]:
                 if mode == "no_prefetch":
                     peaks[peak] += 1
                     fetched_paths.update(r.path for r in server.peer.requests[mark:])
+        concurrent = concurrent_calls(base, signer, patient_id, server.base, concurrency, calls) if concurrency > 1 else None
     return {
+        "concurrent_no_prefetch": concurrent,
         "calls_per_mode": calls,
         "fhir_delay_ms": delay_ms,
         "gunicorn": "2 workers x 8 threads",
@@ -202,8 +228,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="measured calls per mode")
     parser.add_argument("--delay-ms", type=float, default=50.0, help="the FHIR server's wait before each answer")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls per mode first")
+    parser.add_argument("--concurrency", type=int, default=8, help="callers at once for the concurrent no-prefetch run (1: none)")
     args = parser.parse_args()
-    results = run(args.calls, args.delay_ms, args.warmup)
+    results = run(args.calls, args.delay_ms, args.warmup, args.concurrency)
     print(
         f"{results['calls_per_mode']} calls per mode, FHIR answers after {results['fhir_delay_ms']:g} ms, "
         f"{results['gunicorn']}, discovery keys {len(results['discovery_prefetch_keys'])}"
@@ -217,6 +244,12 @@ def main() -> None:
         f"no prefetch: peak FHIR reads in flight per call {results['no_prefetch_peak_reads_in_flight']}; "
         f"same card summaries in both modes: {results['same_card_summaries']}"
     )
+    if results["concurrent_no_prefetch"]:
+        row = results["concurrent_no_prefetch"]
+        print(
+            f"no prefetch, {row['clients']} callers at once: p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
+            f"mean {row['mean_ms']} ms, max {row['max_ms']} ms; statuses {row['statuses']}"
+        )
     same = {json.dumps(row["cards"]) for row in results["modes"].values()}
     if (
         len(same) != 1

@@ -55,10 +55,16 @@ class Resolver:
         return [(family[ipaddress.ip_address(a).version], socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
 
 
+class _Server(ThreadingHTTPServer):
+    # the default backlog of 5 drops connections when a service fetches many keys for many calls at once,
+    # and a dropped SYN is retried a second later: a delay of the test server's, not of the service's
+    request_queue_size = 128
+
+
 @contextmanager
 def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """Serve `handler` over real HTTP on a free loopback port; yields the base URL, stops on exit."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     try:
