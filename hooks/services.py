@@ -270,7 +270,7 @@ def knee_appointments(model: Model, appointments: Sequence[Mapping[str, Any]]) -
     return found
 
 
-KNEE_PROBLEMS = ("knee_pain", "knee_oa")
+KNEE_PROBLEMS = frozenset({"knee_pain", "knee_oa"})
 
 
 # a problem recorded as a mistake or ruled out is not knee pain being added (FHIR R4 condition-ver-status)
@@ -280,7 +280,7 @@ _NOT_A_PROBLEM = ("entered-in-error", "refuted")
 def adds_knee_problem(model: Model, conditions: Sequence[Mapping[str, Any]]) -> bool:
     """Whether a problem being added is knee pain or knee osteoarthritis."""
     return any(
-        model.index.lookup(system, code) & set(KNEE_PROBLEMS)
+        model.index.lookup(system, code) & KNEE_PROBLEMS
         for condition in conditions
         if not {code for _, code, _ in _codings(condition, "verificationStatus")} & set(_NOT_A_PROBLEM)
         for system, code, _ in _codings(condition, "code")
