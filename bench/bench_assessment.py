@@ -48,13 +48,12 @@ if str(ROOT) not in sys.path:  # runnable as `python3 bench/bench_assessment.py`
 
 from hooks.assessment import Assessor  # noqa: E402
 from hooks.cards import CardOptions, build_cards  # noqa: E402
-from hooks.fhir import read_record  # noqa: E402
+from hooks.fhir import RELEVANT_TYPES, read_record  # noqa: E402
 from hooks.model import Model, load_model  # noqa: E402
 from hooks.synthetic import Factory, prefetch_for, radiculopathy_knee_pain, searchset  # noqa: E402
 
 TODAY = date(2026, 11, 24)
 OPTIONS = CardOptions("https://cds.example.org/model")
-PREFETCH_TYPES = frozenset({"Patient", "Condition", "Observation", "Procedure", "ServiceRequest"})
 LAYOUTS = ("bundle", "prefetch")
 STAGES = ("parse", "read", "assess", "cards")
 
@@ -66,7 +65,7 @@ def build_resources(seed: int, size: int, layout: str) -> list[dict[str, Any]]:
     wanted = max(size - len(core), 0)
     if layout == "prefetch":
         # Factory.noise cycles encounter, immunisation, vital sign; keep the prefetchable ones
-        noise = [r for r in factory.noise(3 * wanted) if r["resourceType"] in PREFETCH_TYPES][:wanted]
+        noise = [r for r in factory.noise(3 * wanted) if r["resourceType"] in RELEVANT_TYPES][:wanted]
     else:
         noise = factory.noise(wanted)
     half = len(noise) // 2

@@ -24,8 +24,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cds_service.audit.chain import verify  # noqa: E402
-from cds_service.db import Decision, DecisionLog, make_engine, upgrade  # noqa: E402
+from cds_service.database import make_engine, upgrade  # noqa: E402
+from cds_service.decision_log.chain import verify  # noqa: E402
+from cds_service.decision_log.tables import Decision  # noqa: E402
+from cds_service.decision_log.writer import DecisionLog  # noqa: E402
 
 KEY = b"bench-audit-key"
 

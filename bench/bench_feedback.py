@@ -27,9 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_audit import KEY, decision_row, sample_card  # noqa: E402
-from cds_service.auth import Caller  # noqa: E402
-from cds_service.db import DecisionLog, make_engine, upgrade  # noqa: E402
-from cds_service.pipeline import FeedbackPipeline  # noqa: E402
+from cds_service.cds_hooks.auth import Caller  # noqa: E402
+from cds_service.cds_hooks.pipeline import FeedbackPipeline  # noqa: E402
+from cds_service.database import make_engine, upgrade  # noqa: E402
+from cds_service.decision_log.writer import DecisionLog  # noqa: E402
 
 ISSUER = "https://ehr.example.org"
 

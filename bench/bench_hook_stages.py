@@ -105,7 +105,7 @@ def main() -> None:
                     instance=str(i),
                 ),
             ),
-            ("decision-log append with chain link, committed", lambda i: parts.decision_log.append(rows[i], parts.hooks.snooze)),
+            ("decision-log append with chain link, committed", lambda i: parts.decision_log.append(rows[i])),
             ("whole call through Flask (ES384), without HTTP", whole_call),
         ]
         results = []

@@ -185,7 +185,7 @@ def score(env: dict[str, str], export: Path) -> tuple[float, str]:
 
 
 def job_row(database_url: str, job_id: str) -> dict[str, Any]:
-    from cds_service.db import make_engine
+    from cds_service.database import make_engine
     from worker import population
 
     engine = make_engine(database_url)

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_hooks import ISSUER, Signer, gunicorn  # noqa: E402
-from cds_service.models import make_engine, upgrade  # noqa: E402
+from cds_service.database import make_engine, upgrade  # noqa: E402
 from hooks.synthetic import generate, prefetch_for  # noqa: E402
 from tests.fuzzing import paths, replaced  # noqa: E402
 from tests.servers import ScratchPostgres, ScratchRedis  # noqa: E402

@@ -10,10 +10,10 @@ from flask import Flask
 from flask.json.provider import JSONProvider
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from cds_service import population_views, views
-from cds_service.audit import api, pages
-from cds_service.audit.throttle import AttemptStore, FallbackAttempts, LoginThrottle, MemoryAttempts, RedisAttempts
-from cds_service.auth import (
+from cds_service.auditor import api, pages
+from cds_service.auditor.throttle import AttemptStore, FallbackAttempts, LoginThrottle, MemoryAttempts, RedisAttempts
+from cds_service.cds_hooks import views as cds_hooks_views
+from cds_service.cds_hooks.auth import (
     Authenticator,
     DatabaseReplayStore,
     FallbackReplayStore,
@@ -21,14 +21,14 @@ from cds_service.auth import (
     RedisReplayStore,
     ReplayStore,
 )
+from cds_service.cds_hooks.fetch import PrefetchFetcher
+from cds_service.cds_hooks.pipeline import FeedbackPipeline, HookPipeline, snooze_rule
 from cds_service.components import Components
-from cds_service.db import DecisionLog, make_engine, upgrade
 from cds_service.errors import register_error_handlers
-from cds_service.fetch import PrefetchFetcher
-from cds_service.keys import audit_key, instance_secret, pseudonym_key
-from cds_service.pipeline import FeedbackPipeline, HookPipeline, snooze_rule
+from cds_service.keys import instance_secret
+from cds_service.population import views as population_views
+from cds_service.runtime import Runtime
 from cds_service.settings import load_settings
-from hooks.model import load_model
 from hooks.services import Catalog
 
 
@@ -62,9 +62,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=0, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
     logging.getLogger("cds_service").setLevel(settings.log_level)
 
-    engine = make_engine(settings.effective_database_url, round_trip_seconds=settings.database_round_trip_seconds)
+    runtime = Runtime(settings, round_trip_seconds=settings.database_round_trip_seconds)
     if settings.auto_migrate:
-        upgrade(engine)
+        runtime.migrate()
+    engine = runtime.engine
     redis_client = None
     replay: ReplayStore
     attempts: AttemptStore
@@ -78,30 +79,26 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     else:
         # the jti memory in the database every worker shares (the SQLite file or PostgreSQL)
         replay, attempts = DatabaseReplayStore(engine), MemoryAttempts()
-    model = load_model(site=settings.site)
-    decision_log = DecisionLog(engine, pseudonym_key(settings), audit_key(settings))
+    model = runtime.model
     hooks = HookPipeline(
         model,
         PrefetchFetcher.from_settings(settings),
-        decision_log,
-        digest_key=pseudonym_key(settings),
+        runtime.decision_log,
+        digest_key=runtime.pseudonym_key,
         snooze=snooze_rule(settings),
         catalog=Catalog.build(model, settings.services, settings.prefetch),
         issuers=settings.trusted_issuers,
     )
     app.extensions["spine_cds"] = Components(
-        settings=settings,
-        model=model,
-        engine=engine,
-        decision_log=decision_log,
+        runtime=runtime,
         authenticator=Authenticator(settings, replay, KeySets(settings.jwks_cache_seconds, settings.fetch_timeout_seconds)),
         hooks=hooks,
-        feedback=FeedbackPipeline(decision_log, settings.max_feedback_items),
+        feedback=FeedbackPipeline(runtime.decision_log, settings.max_feedback_items),
         login_throttle=LoginThrottle(attempts, settings.login_max_failures, settings.login_lockout_seconds),
         redis=redis_client,
     )
     register_error_handlers(app)
-    app.register_blueprint(views.bp)
+    app.register_blueprint(cds_hooks_views.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(population_views.bp)

@@ -170,6 +170,9 @@ class Settings(BaseModel):
     # auditor logins: failures per account (five times as many per client address) before a lockout
     login_max_failures: int = Field(10, ge=1)
     login_lockout_seconds: int = Field(900, ge=1)
+    # how new auditor passwords are hashed (werkzeug's method string); a stored hash names its own method,
+    # so changing this affects only passwords set afterwards. Tests set a cheap one; production keeps scrypt
+    password_hash: str = Field("scrypt", pattern=r"^(scrypt(:\d+:\d+:\d+)?|pbkdf2:sha(256|512)(:\d+)?)$")
     # reverse proxies in front that append to X-Forwarded-For; 0 trusts no such header (any client can forge it)
     proxy_hops: int = Field(0, ge=0, le=5)
     # population scoring: patients per task, and how long Redis waits before redelivering an

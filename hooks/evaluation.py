@@ -13,7 +13,7 @@ import orjson
 
 from hooks.assessment import Assessment, Assessor
 from hooks.cards import CardOptions, build_cards
-from hooks.fhir import RecordReader, patient_id_of, read_record
+from hooks.fhir import RecordReader, patient_of_resource, read_record
 from hooks.model import Model
 from hooks.synthetic import PROFILES, Profile, generate
 
@@ -97,7 +97,7 @@ def iter_data_records(model: Model, data_dir: Path) -> Iterator[tuple[str, Recor
                     resource = orjson.loads(line)
                     if not isinstance(resource, dict) or "resourceType" not in resource:
                         continue
-                    patient_id = _patient_of(resource)
+                    patient_id = patient_of_resource(resource)
                     if patient_id is None:
                         continue
                     if patient_id not in readers:
@@ -105,19 +105,6 @@ def iter_data_records(model: Model, data_dir: Path) -> Iterator[tuple[str, Recor
                     readers[patient_id].add(resource)
         for patient_id, reader in sorted(readers.items()):
             yield f"{directory.name}/{patient_id[:8]}", reader
-
-
-def _patient_of(resource: Mapping[str, Any]) -> str | None:
-    if resource.get("resourceType") == "Patient":
-        resource_id = resource.get("id")
-        return resource_id if isinstance(resource_id, str) else None
-    for key in ("subject", "patient"):
-        ref = resource.get(key)
-        target = ref.get("reference") if isinstance(ref, Mapping) else None
-        found = patient_id_of(target) if isinstance(target, str) else None
-        if found:
-            return found
-    return None
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,17 @@ from pydantic import ValidationError
 
 from hooks.model import Coding, Model
 
-# resource types whose codes can drive a decision; everything else is counted and skipped
-RELEVANT_TYPES = frozenset({"Patient", "Condition", "Observation", "Procedure", "ServiceRequest"})
+# the resource types whose codes can drive a decision, each with the prefetch key the services read it
+# under: the one list the prefetch templates, the Bulk Data export and the readers use. Everything else
+# is counted and skipped
+RECORD_TYPES: dict[str, str] = {
+    "Patient": "patient",
+    "Condition": "conditions",
+    "Observation": "observations",
+    "Procedure": "procedures",
+    "ServiceRequest": "serviceRequests",
+}
+RELEVANT_TYPES = frozenset(RECORD_TYPES)
 
 _MISSING_STATUS = object()
 
@@ -174,6 +183,21 @@ def patient_id_of(target: str) -> str | None:
     if not sep or (head and not head.endswith("/")):
         return None
     return tail.split("/", 1)[0] or None
+
+
+def patient_of_resource(resource: Mapping[str, Any]) -> str | None:
+    """The patient a resource belongs to: a Patient's own id, else the patient its `subject` names, else its
+    `patient` (Immunization, AllergyIntolerance, ...). worker/population.py reads the same from raw lines."""
+    if resource.get("resourceType") == "Patient":
+        resource_id = resource.get("id")
+        return resource_id if isinstance(resource_id, str) else None
+    for key in ("subject", "patient"):
+        ref = resource.get(key)
+        target = ref.get("reference") if isinstance(ref, Mapping) else None
+        found = patient_id_of(target) if isinstance(target, str) else None
+        if found:
+            return found
+    return None
 
 
 def _first_date(resource: Mapping[str, Any], *paths: str) -> date | None:

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from hooks.assessment import Assessment, Assessor
 from hooks.cards import CardOptions, build_cards, order_annotations
-from hooks.fhir import Intervention, PatientRecord, read_orders, read_record
+from hooks.fhir import RECORD_TYPES, Intervention, PatientRecord, read_orders, read_record
 from hooks.model import Coding, Model
 
 # FHIR observation-category codes (terminology.hl7.org/CodeSystem/observation-category)
@@ -46,15 +46,13 @@ def default_prefetch(model: Model) -> dict[str, str]:
     """The prefetch templates every major EHR can fill: each search bounded by `_count`, Observations by
     code and by category (never by patient alone)."""
     patient = "patient={{context.patientId}}"
-    templates = {
-        "patient": "Patient/{{context.patientId}}",
-        "conditions": f"Condition?{patient}&_count={PAGE_SIZE}",
-        "procedures": f"Procedure?{patient}&_count={PAGE_SIZE}",
-        "serviceRequests": f"ServiceRequest?{patient}&_count={PAGE_SIZE}",
-    }
+    templates = {RECORD_TYPES["Patient"]: "Patient/{{context.patientId}}"}
+    for resource_type, key in RECORD_TYPES.items():
+        if resource_type not in ("Patient", "Observation"):
+            templates[key] = f"{resource_type}?{patient}&_count={PAGE_SIZE}"
     codes = _code_list(model)
     if codes:
-        templates["observations"] = f"Observation?{patient}&code={codes}&_count={PAGE_SIZE}"
+        templates[RECORD_TYPES["Observation"]] = f"Observation?{patient}&code={codes}&_count={PAGE_SIZE}"
     for category in OBSERVATION_CATEGORIES:
         templates[f"{category}Observations"] = f"Observation?{patient}&category={category}&_count={PAGE_SIZE}"
     return templates
@@ -73,6 +71,8 @@ class ServiceDeclaration:
     trigger: Trigger = "record"
     # the context field holding the FHIR Bundle the trigger reads
     trigger_field: str | None = None
+    # the context field naming which of the trigger's orders the clinician selected (order-select): only those count
+    selections_field: str | None = None
     enabled_by_default: bool = True
     # the card is for clinicians: a patient or relative using the EHR's app (appointment-book) gets none
     clinician_users_only: bool = False
@@ -112,6 +112,7 @@ SERVICES: tuple[ServiceDeclaration, ...] = (
         required_context=("userId", "patientId", "selections", "draftOrders"),
         trigger="orders",
         trigger_field="draftOrders",
+        selections_field="selections",
         usage_requirements=_USAGE,
     ),
     ServiceDeclaration(
@@ -220,7 +221,7 @@ def _knee_triggers(
 ) -> tuple[list[Intervention], list[str]]:
     """What in the context concerns the knee for this hook, and notes on what could not be read."""
     if service.trigger == "orders":
-        selections = context.get("selections") if service.hook == "order-select" else None
+        selections = context.get(service.selections_field) if service.selections_field else None
         orders, notes = read_orders(model, context.get("draftOrders"), selections if isinstance(selections, list) else None)
         spine_refs = assessor.spine_references(record)
         return [o for o in orders if assessor.is_knee_directed(o, spine_refs)], notes

@@ -15,6 +15,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import IO, Any, cast
 
+from hooks.fhir import RECORD_TYPES
+
 SNOMED = "http://snomed.info/sct"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
@@ -538,13 +540,6 @@ def generate(profile: str | Profile, seed: int = 0, today: date | None = None, p
     return chosen.build(Factory(seed, today, patient_id))
 
 
-_PREFETCH_KEYS = {
-    "Patient": "patient",
-    "Condition": "conditions",
-    "Observation": "observations",
-    "Procedure": "procedures",
-    "ServiceRequest": "serviceRequests",
-}
 
 
 def searchset(resources: Iterable[Resource]) -> Resource:
@@ -562,13 +557,13 @@ def _is_exam(resource: Resource) -> bool:
 def prefetch_for(resources: Iterable[Resource]) -> dict[str, Any]:
     """The prefetch an EHR would send for these resources, one searchset Bundle per template (Observations by
     code in `observations`, examinations in `examObservations`)."""
-    grouped: dict[str, list[Resource]] = {key: [] for key in (*_PREFETCH_KEYS.values(), "examObservations")}
+    grouped: dict[str, list[Resource]] = {key: [] for key in (*RECORD_TYPES.values(), "examObservations")}
     patient: Resource | None = None
     for resource in resources:
         if resource["resourceType"] == "Patient":
             patient = resource
             continue
-        key = "examObservations" if _is_exam(resource) else _PREFETCH_KEYS.get(resource["resourceType"])
+        key = "examObservations" if _is_exam(resource) else RECORD_TYPES.get(resource["resourceType"])
         if key:
             grouped[key].append(resource)
     out: dict[str, Any] = {"patient": patient}

@@ -23,9 +23,14 @@ from sqlalchemy import FromClause, func, select, text
 from sqlalchemy.engine import Engine
 from werkzeug.serving import make_server
 
-from cds_service.db import Decision, Feedback, make_engine
+from cds_service.database import make_engine
+from cds_service.decision_log.tables import Decision, Feedback
 
 Handler = Callable[[str, dict[str, list[str]], dict[str, str]], tuple[int, Any]]
+
+
+# auditor passwords hashed cheaply in tests (the default, scrypt, costs ~0.3 s a check on these two cores)
+CHEAP_PASSWORD_HASH = "pbkdf2:sha256:1"
 
 
 @dataclass

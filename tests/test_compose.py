@@ -487,8 +487,8 @@ def test_worker_consumes_tasks_and_answers_its_health_check(
     from celery import Celery
     from sqlalchemy import update
 
-    from cds_service.db import make_engine, upgrade
-    from cds_service.models import PopulationJob
+    from cds_service.database import make_engine, upgrade
+    from cds_service.population.tables import PopulationJob
     from hooks.model import load_model
     from worker import population
 

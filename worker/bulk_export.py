@@ -38,9 +38,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from hooks.fhir import RECORD_TYPES
+
 log = logging.getLogger(__name__)
 
-EXPORT_TYPES: tuple[str, ...] = ("Patient", "Condition", "Observation", "Procedure", "ServiceRequest")
+EXPORT_TYPES: tuple[str, ...] = tuple(RECORD_TYPES)  # what the assessment reads, nothing more
 DEFAULT_SCOPE = " ".join(f"system/{t}.read" for t in EXPORT_TYPES)
 SMART_V2_SCOPE = " ".join(f"system/{t}.rs" for t in EXPORT_TYPES)
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

@@ -24,10 +24,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
-from cds_service.models import PopulationJob, utcnow
+from cds_service.database import utcnow
+from cds_service.population.tables import PopulationJob
+from cds_service.runtime import Runtime
 from worker import population
 from worker.bulk_export import MAX_WAIT, BulkClient, BulkExportError, ExportSpec, Manifest, describe
-from worker.tasks import EXPORT_KICKOFF, WorkerContext, context, reliable_task, split_job
+from worker.tasks import EXPORT_KICKOFF, context, reliable_task, split_job
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def fail_export(engine: Engine, job_id: str, error: str) -> bool:
     return _while_exporting(engine, job_id, status="failed", error=error[:SOURCE_LIMIT])
 
 
-def export_dir(ctx: WorkerContext, job_id: str) -> Path:
+def export_dir(ctx: Runtime, job_id: str) -> Path:
     return (population.job_dir(ctx.settings.instance_path, job_id) / "export").resolve()
 
 
@@ -109,7 +111,7 @@ def export_poll(job_id: str, attempt: int = 0, transient: int = 0) -> str:
         time.sleep(wait)  # eager mode has no queue to delay a message in: wait for the remote server here
 
 
-def _poll_once(ctx: WorkerContext, job_id: str, attempt: int, transient: int) -> tuple[float, int] | str:
+def _poll_once(ctx: Runtime, job_id: str, attempt: int, transient: int) -> tuple[float, int] | str:
     """(seconds to wait, consecutive transient failures) while the export runs, else how the poll ended."""
     current = population.job(ctx.engine, job_id)
     if current is None or current["status"] != "exporting":
@@ -138,7 +140,7 @@ def _poll_once(ctx: WorkerContext, job_id: str, attempt: int, transient: int) ->
     return result.wait, transient
 
 
-def _complete(ctx: WorkerContext, job_id: str, spec: ExportSpec, client: BulkClient, manifest: Manifest) -> str:
+def _complete(ctx: Runtime, job_id: str, spec: ExportSpec, client: BulkClient, manifest: Manifest) -> str:
     out = export_dir(ctx, job_id)
     try:
         downloaded = client.download(manifest, out)

@@ -31,7 +31,9 @@ import orjson
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
-from cds_service.models import PopulationAssessment, PopulationChunk, PopulationJob, utcnow
+from cds_service.database import utcnow, width
+from cds_service.population.tables import PopulationAssessment, PopulationChunk, PopulationJob
+from cds_service.spreadsheet import safe_cell
 from hooks.assessment import Assessor
 from hooks.fhir import RELEVANT_TYPES, RecordReader
 from hooks.model import Model
@@ -259,7 +261,7 @@ def assess_partition(model: Model, part: Path, today: date, chunk: int, job_id: 
                     "suppressed": None,
                     "worklist": False,
                     "assessment": None,
-                    "error": f"{type(exc).__name__}: {exc}"[:2000],
+                    "error": f"{type(exc).__name__}: {exc}"[: width(PopulationAssessment.error)],
                 }
             )
             continue
@@ -291,7 +293,7 @@ def create_job(engine: Engine, model: Model, source: str, today: date) -> str:
                 id=job_id,
                 created_at=utcnow(),
                 updated_at=utcnow(),
-                source=source[:2000],
+                source=source[: width(PopulationJob.source)],
                 status="splitting",
                 chunks_total=0,
                 chunks_done=0,
@@ -481,13 +483,12 @@ def _worklist_entry(row: Any, assessment: dict[str, Any], red_flags: list[str]) 
 
 def _cell(value: Any) -> str:
     text = "; ".join(value) if isinstance(value, list) else "" if value is None else str(value)
-    # spreadsheet programs run cells that start like formulas
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+    return str(safe_cell(text))
 
 
 def fail(engine: Engine, job_id: str, error: str) -> None:
     with engine.begin() as connection:
-        set_status(connection, job_id, "failed", error=error[:2000])
+        set_status(connection, job_id, "failed", error=error[: width(PopulationJob.error)])
 
 
 def stale_jobs(engine: Engine, older_than_seconds: int) -> list[dict[str, Any]]:

@@ -13,7 +13,6 @@ import math
 import threading
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -24,11 +23,9 @@ from celery import Task, current_app, shared_task
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
-from cds_service.audit.chain import AnchorFile, PurgeRefused, anchor, purge, verify_and_record
-from cds_service.db import make_engine
-from cds_service.keys import audit_key
+from cds_service.decision_log.chain import PurgeRefused, anchor, purge, verify_and_record
+from cds_service.runtime import Runtime
 from cds_service.settings import Settings, load_settings
-from hooks.model import Model, load_model
 from worker import population
 
 log = logging.getLogger(__name__)
@@ -57,19 +54,12 @@ def reliable_task(name: str, *, soft_time_limit: int) -> Callable[[Callable[P, R
     )
 
 
-@dataclass(frozen=True)
-class WorkerContext:
-    settings: Settings
-    engine: Engine
-    model: Model
-
-
-_contexts: dict[str, WorkerContext] = {}
+_contexts: dict[str, Runtime] = {}
 _contexts_lock = threading.Lock()
 
 
-def context() -> WorkerContext:
-    """One engine and model per process and configuration. A process runs under one configuration; when it
+def context() -> Runtime:
+    """One runtime (engine, model, keys) per process and configuration. A process runs under one configuration; when it
     changes (an eager run under new settings), the engine of the one before is disposed, not left open."""
     settings_json = load_settings().model_dump_json()
     with _contexts_lock:
@@ -77,7 +67,7 @@ def context() -> WorkerContext:
         if found is None:
             forget_contexts()
             settings = Settings.model_validate(json.loads(settings_json))
-            found = WorkerContext(settings, make_engine(settings.effective_database_url), load_model(site=settings.site))
+            found = Runtime(settings)
             _contexts[settings_json] = found
     return found
 
@@ -85,7 +75,7 @@ def context() -> WorkerContext:
 def forget_contexts() -> None:
     """Dispose of the engines this process built (its connections closed) and forget them."""
     for old in _contexts.values():
-        old.engine.dispose()
+        old.close()
     _contexts.clear()
 
 
@@ -195,12 +185,11 @@ def resume(job_id: str) -> None:
 @reliable_task("log.verify_and_anchor", soft_time_limit=1800)
 def verify_and_anchor() -> dict[str, Any]:
     ctx = context()
-    key, anchors = audit_key(ctx.settings), AnchorFile(ctx.settings.effective_anchor_path)
-    report = verify_and_record(ctx.engine, key, anchors)
+    report = verify_and_record(ctx.engine, ctx.audit_key, ctx.anchors)
     if not report.ok:
         log.error("decision log verification failed: %s", report.problem)
         return {"ok": False, "problem": str(report.problem)}
-    record = anchor(ctx.engine, key, anchors)
+    record = anchor(ctx.engine, ctx.audit_key, ctx.anchors)
     return {"ok": True, "entries": report.entries, "anchored": record["seq"] if record else None}
 
 
@@ -209,7 +198,7 @@ def purge_expired() -> int:
     ctx = context()
     cutoff = datetime.now(UTC) - timedelta(days=ctx.settings.retention_days)
     try:
-        return purge(ctx.engine, audit_key(ctx.settings), AnchorFile(ctx.settings.effective_anchor_path), cutoff)
+        return purge(ctx.engine, ctx.audit_key, ctx.anchors, cutoff)
     except PurgeRefused as refused:
         # not retried: the entries due for deletion do not verify, and deleting them would hide that
         log.error("%s; nothing was deleted", refused)

@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from cds_service.app import create_app
+from tests.cds_service.audit_log import audit_log, audit_log_factory  # noqa: F401  (fixtures for the auditor and decision-log tests)
 from tests.conftest import scratch_postgres
-from tests.support import FhirServer, LogReader, RunningService, SigningEhr, serve
+from tests.support import CHEAP_PASSWORD_HASH, FhirServer, LogReader, RunningService, SigningEhr, serve
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +46,7 @@ def service_factory(tmp_path: Path, ehr: SigningEhr) -> Iterator[Callable[..., R
             "instance_path": str(tmp_path / f"instance-{len(stack)}"),
             "trusted_issuers": {ehr.issuer: {"jwks": ehr.jwks}},
             "pseudonym_key": "test-pseudonym-key",
+            "password_hash": CHEAP_PASSWORD_HASH,
             # the test peers (FHIR servers, key sets) speak plain http on loopback
             "allow_http": True,
         }
@@ -118,6 +120,7 @@ def module_service(tmp_path_factory: pytest.TempPathFactory, ehr: SigningEhr) ->
         "instance_path": str(tmp_path_factory.mktemp("module-instance")),
         "trusted_issuers": {ehr.issuer: {"jwks": ehr.jwks}},
         "pseudonym_key": "test-pseudonym-key",
+        "password_hash": CHEAP_PASSWORD_HASH,
         "allow_http": True,
     }
     app = create_app(config)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from sqlalchemy import text
 
-from cds_service.models import make_engine, upgrade
+from cds_service.database import make_engine, upgrade
 from tests.cds_service.requests import patient_view
 from tests.servers import ScratchPostgres, ScratchRedis
 from tests.support import RunningService, assert_cards_response, error_of

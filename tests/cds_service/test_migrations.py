@@ -11,9 +11,10 @@ from alembic.config import Config
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
-from cds_service.audit.chain import GENESIS, AnchorFile, entry_hash, payload_hash, verify
-from cds_service.db import Decision, DecisionLog, make_engine, upgrade
-from cds_service.models import MIGRATIONS
+from cds_service.database import MIGRATIONS, make_engine, upgrade
+from cds_service.decision_log.chain import GENESIS, AnchorFile, entry_hash, payload_hash, verify
+from cds_service.decision_log.tables import Decision
+from cds_service.decision_log.writer import DecisionLog
 from tests.conftest import scratch_postgres
 
 KEY = b"migration-audit-key"

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from cds_service import cli
 from cds_service.app import create_app
+from cds_service.cli import service
 from cds_service.settings import Settings, SettingsError, load_settings
 
 ISSUER = "https://EHR.example.org/Auth"  # mixed case: issuer names are case-sensitive URLs
@@ -386,7 +387,7 @@ class ExecRecorder:
 @pytest.fixture
 def exec_recorder(monkeypatch: pytest.MonkeyPatch) -> ExecRecorder:
     recorder = ExecRecorder()
-    monkeypatch.setattr(cli.os, "execvp", recorder)
+    monkeypatch.setattr(service.os, "execvp", recorder)
     return recorder
 
 

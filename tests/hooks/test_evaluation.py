@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import cds_service.cli as cli
+from cds_service.cli import evaluate as evaluate_command
 from hooks.assessment import Assessment
 from hooks.evaluation import DataRun, ProfileResult, evaluate_data, evaluate_profiles, outcome
 from hooks.model import Model
@@ -144,7 +145,7 @@ def test_cli_evaluate_fails_when_a_profile_differs(monkeypatch: pytest.MonkeyPat
         wrong_outcome = "unlikely" if first.expected != "unlikely" else "likely"
         return [replace(first, outcome=wrong_outcome), *results[1:]]
 
-    monkeypatch.setattr(cli, "evaluate_profiles", wrong)
+    monkeypatch.setattr(evaluate_command, "evaluate_profiles", wrong)
     result = CliRunner().invoke(cli.main, ["evaluate", "--today", "2026-11-24"])
     assert result.exit_code == 1
     assert "<-- differs" in result.output

@@ -25,8 +25,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from cds_service.cli import main
-from cds_service.db import make_engine, upgrade
-from cds_service.models import PopulationAssessment, PopulationChunk
+from cds_service.database import make_engine, upgrade
+from cds_service.population.tables import PopulationAssessment, PopulationChunk
 from tests.conftest import scratch_postgres, unavailable
 from worker import population, tasks
 

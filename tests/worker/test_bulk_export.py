@@ -30,8 +30,8 @@ from jwt.algorithms import ECAlgorithm
 from sqlalchemy import func, select
 
 from cds_service.cli import main
-from cds_service.db import make_engine, upgrade
-from cds_service.models import PopulationAssessment, PopulationJob
+from cds_service.database import make_engine, upgrade
+from cds_service.population.tables import PopulationAssessment, PopulationJob
 from cds_service.settings import load_settings
 from hooks import synthetic
 from hooks.model import load_model

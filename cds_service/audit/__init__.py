@@ -1,1 +1,0 @@
-"""The tamper-evident decision log and what auditors use to read it."""

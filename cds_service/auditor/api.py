@@ -1,0 +1,119 @@
+"""The auditor JSON API under /audit/api (described by /audit/api/openapi.json).
+
+Read-only. Every endpoint but the description needs an auditor: a session cookie or an account's
+HTTP Basic credentials (an EHR's Bearer JWT never opens it). Every search, view, statistics request
+and export is written to the access log with its filters; a patient appears there, as in every
+answer, only as its pseudonym.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response, jsonify, request, stream_with_context
+
+from cds_service.auditor import openapi
+from cds_service.auditor.accounts import Auditor, auditor_required
+from cds_service.components import components
+from cds_service.decision_log import export
+from cds_service.decision_log.queries import MAX_ID, DecisionFilters, get_decision, list_decisions, page_args, stats
+from cds_service.errors import ApiError
+
+bp = Blueprint("audit_api", __name__, url_prefix="/audit/api")
+auditor_only = auditor_required(api=True)
+
+
+@bp.after_request
+def _no_store(response: Response) -> Response:
+    # answers name clinicians and pseudonymous patients: no shared or browser cache keeps them
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def _filters() -> DecisionFilters:
+    return DecisionFilters.from_args(request.args, components().decision_log.pseudonym)
+
+
+def _record(auditor: Auditor, action: str, details: dict[str, Any]) -> None:
+    components().decision_log.record_access(auditor.username, action, details)
+
+
+def _page_url(page: int) -> str:
+    base = components().settings.public_base_url or request.host_url.rstrip("/")
+    args = request.args.to_dict()
+    args["page"] = str(page)
+    return f"{base.rstrip('/')}{request.path}?{urlencode(args)}"
+
+
+@bp.get("/decisions")
+@auditor_only
+def decisions(auditor: Auditor) -> Response:
+    filters = _filters()
+    sort, page, per_page = page_args(request.args)
+    _record(auditor, "api.search", {**filters.to_log(), "sort": sort, "page": page, "per_page": per_page})
+    found = list_decisions(components().engine, filters, sort=sort, page=page, per_page=per_page)
+    body: dict[str, Any] = {"items": found.items, "total": found.total, "page": found.page, "per_page": found.per_page}
+    links: list[str] = []
+    if page * per_page < found.total:
+        body["next"] = _page_url(page + 1)
+        links.append(f'<{body["next"]}>; rel="next"')
+    if page > 1:
+        # past the end, "prev" leads back to the last page that has decisions
+        body["prev"] = _page_url(min(page - 1, max(1, math.ceil(found.total / per_page))))
+        links.append(f'<{body["prev"]}>; rel="prev"')
+    response = jsonify(body)
+    if links:
+        response.headers["Link"] = ", ".join(links)
+    return response
+
+
+@bp.get("/decisions/<int:decision_id>")
+@auditor_only
+def decision(decision_id: int, auditor: Auditor) -> Response:
+    if not 1 <= decision_id <= MAX_ID:
+        raise ApiError(404, "not_found", "No such decision: ids run from 1 to 2147483647.")
+    _record(auditor, "api.view", {"id": decision_id})
+    found = get_decision(components().engine, decision_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"No decision {decision_id}.")
+    return jsonify(found)
+
+
+@bp.get("/stats")
+@auditor_only
+def decision_stats(auditor: Auditor) -> Response:
+    filters = _filters()
+    _record(auditor, "api.stats", filters.to_log())
+    return jsonify(stats(components().engine, filters))
+
+
+def _download(lines: Any, mimetype: str, filename: str) -> Response:
+    response = Response(stream_with_context(lines), mimetype=mimetype)
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@bp.get("/export.ndjson")
+@auditor_only
+def export_ndjson(auditor: Auditor) -> Response:
+    filters = _filters()
+    _record(auditor, "api.export.ndjson", filters.to_log())
+    parts = components()
+    lines = export.ndjson_lines(parts.engine, filters, parts.decision_log.pseudonym)
+    return _download(lines, "application/fhir+ndjson", "decisions.ndjson")
+
+
+@bp.get("/export.csv")
+@auditor_only
+def export_csv(auditor: Auditor) -> Response:
+    filters = _filters()
+    _record(auditor, "api.export.csv", filters.to_log())
+    return _download(export.csv_lines(components().engine, filters), "text/csv", "decisions.csv")
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    return jsonify(openapi.document())

@@ -1,1 +1,0 @@
-"""The auditor API and pages."""
