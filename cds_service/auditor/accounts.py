@@ -15,7 +15,7 @@ from functools import wraps
 from typing import Any, TypeVar, cast
 
 from flask import redirect, request, session, url_for
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -49,8 +49,7 @@ def add_user(engine: Engine, username: str, password: str, role: str = "auditor"
         raise AccountError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
     if not username.strip():
         raise AccountError("the username is empty")
-    if len(password) < 12:
-        raise AccountError("the password must have at least 12 characters")
+    _check_password(password)
     with engine.begin() as connection:
         try:
             connection.execute(
@@ -64,6 +63,41 @@ def add_user(engine: Engine, username: str, password: str, role: str = "auditor"
             )
         except IntegrityError:
             raise AccountError(f"user {username!r} already exists") from None
+
+
+def list_users(engine: Engine) -> list[dict[str, Any]]:
+    """Every account: name, role, whether it may sign in, when it was made (never the password hash)."""
+    columns = (User.username, User.role, User.active, User.created_at)
+    with engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(select(*columns).order_by(User.username))]
+
+
+def _change(engine: Engine, username: str, **values: Any) -> None:
+    with engine.begin() as connection:
+        if connection.execute(update(User).where(User.username == username).values(**values)).rowcount == 0:
+            raise AccountError(f"no user {username!r}")
+
+
+def set_active(engine: Engine, username: str, active: bool) -> None:
+    """Let an account sign in again, or stop it; a stopped account's open sessions end at their next request."""
+    _change(engine, username, active=active)
+
+
+def set_password(engine: Engine, username: str, password: str, *, method: str = "scrypt") -> None:
+    _check_password(password)
+    _change(engine, username, password_hash=generate_password_hash(password, method=method))
+
+
+def remove_user(engine: Engine, username: str) -> None:
+    """Delete the account; what it did stays in the access log under its name."""
+    with engine.begin() as connection:
+        if connection.execute(delete(User).where(User.username == username)).rowcount == 0:
+            raise AccountError(f"no user {username!r}")
+
+
+def _check_password(password: str) -> None:
+    if len(password) < 12:
+        raise AccountError("the password must have at least 12 characters")
 
 
 def check_credentials(engine: Engine, throttle: LoginThrottle, username: str, password: str) -> Auditor | None:

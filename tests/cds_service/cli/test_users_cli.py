@@ -1,4 +1,4 @@
-"""`spine-cds users add`: an auditor account made on the command line logs in to the pages over HTTP."""
+"""`spine-cds users`: accounts made and changed on the command line, as the pages over HTTP see them, each change in the access log."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import re
 from collections.abc import Callable
 from html import unescape
 from pathlib import Path
+from typing import Any
 
 import httpx
 from click.testing import CliRunner, Result
+from sqlalchemy import select
 
 from cds_service.cli import main
+from cds_service.database import make_engine
+from cds_service.decision_log.tables import AccessRecord
 from tests.support import CHEAP_PASSWORD_HASH, RunningService
 
 PASSWORD = "a long enough passphrase"
@@ -80,3 +84,70 @@ def test_an_unknown_role_is_an_error_before_the_password_is_asked(tmp_path: Path
     assert result.exit_code == 1
     assert "unknown role 'admin'" in result.output and "auditor" in result.output
     assert "Password" not in result.output
+
+
+def users(instance: Path, *args: str, stdin: str | None = None) -> Result:
+    env = {"SPINE_CDS_INSTANCE_PATH": str(instance), "SPINE_CDS_DATABASE_URL": None, "SPINE_CDS_PASSWORD_HASH": CHEAP_PASSWORD_HASH}
+    return CliRunner().invoke(main, ["users", *args], input=stdin, env=env)
+
+
+def access_log(instance: Path) -> list[tuple[str, str, dict[str, Any]]]:
+    engine = make_engine(f"sqlite:///{instance / 'spine-cds.sqlite3'}")
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(select(AccessRecord.username, AccessRecord.action, AccessRecord.details).order_by(AccessRecord.id))
+            return [(r.username, r.action, r.details) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def test_users_list_disable_enable_set_password_and_remove_each_leave_an_access_log_entry(
+    tmp_path: Path, service_factory: Callable[..., RunningService]
+) -> None:
+    instance = tmp_path / "instance"
+    assert add(instance, "frank").exit_code == 0
+    assert add(instance, "grace").exit_code == 0
+    listed = users(instance, "list")
+    assert listed.exit_code == 0, listed.output
+    assert re.search(r"frank\s+auditor\s+active", listed.output) and re.search(r"grace\s+auditor\s+active", listed.output)
+    assert "pbkdf2" not in listed.output and "scrypt" not in listed.output  # never the hash
+
+    running = service_factory(instance_path=str(instance))
+    with httpx.Client(base_url=running.base_url, timeout=10) as client:
+        assert users(instance, "disable", "frank").exit_code == 0
+        assert re.search(r"frank\s+auditor\s+disabled", users(instance, "list").output)
+        assert log_in(client, "frank", PASSWORD).status_code == 401
+        assert users(instance, "enable", "frank").exit_code == 0
+        assert log_in(client, "frank", PASSWORD).status_code == 302
+    with httpx.Client(base_url=running.base_url, timeout=10) as client:
+        changed = users(instance, "set-password", "frank", "--password-stdin", stdin="a different passphrase\n")
+        assert changed.exit_code == 0, changed.output
+        assert log_in(client, "frank", PASSWORD).status_code == 401
+        assert log_in(client, "frank", "a different passphrase").status_code == 302
+    assert users(instance, "remove", "grace", "--yes").exit_code == 0
+    assert "grace" not in users(instance, "list").output
+
+    changes = [(action, details) for actor, action, details in access_log(instance) if action.startswith("users.")]
+    assert changes == [
+        ("users.add", {"user": "frank", "role": "auditor"}),
+        ("users.add", {"user": "grace", "role": "auditor"}),
+        ("users.disable", {"user": "frank"}),
+        ("users.enable", {"user": "frank"}),
+        ("users.set-password", {"user": "frank"}),
+        ("users.remove", {"user": "grace"}),
+    ]
+    assert all(actor.startswith("cli") for actor, action, _ in access_log(instance) if action.startswith("users."))
+    assert "a different passphrase" not in str(access_log(instance))
+    verified = CliRunner().invoke(main, ["audit", "verify"], env={"SPINE_CDS_INSTANCE_PATH": str(instance), "SPINE_CDS_DATABASE_URL": None})
+    assert verified.exit_code == 0 and verified.output.startswith("intact"), verified.output
+
+
+def test_changing_an_unknown_user_is_an_error_and_logs_nothing(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    assert add(instance, "heidi").exit_code == 0
+    for args in (("disable", "nobody"), ("enable", "nobody"), ("remove", "nobody", "--yes")):
+        result = users(instance, *args)
+        assert result.exit_code == 1 and "no user 'nobody'" in result.output
+    short = users(instance, "set-password", "heidi", "--password-stdin", stdin="short\n")
+    assert short.exit_code == 1 and "at least 12 characters" in short.output
+    assert [action for _, action, _ in access_log(instance)] == ["users.add"]
