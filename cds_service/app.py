@@ -23,6 +23,7 @@ from cds_service.cds_hooks.auth import (
 )
 from cds_service.cds_hooks.fetch import PrefetchFetcher
 from cds_service.cds_hooks.pipeline import FeedbackPipeline, HookPipeline, snooze_rule
+from cds_service.cds_hooks.refusals import RefusalCounter
 from cds_service.components import Components
 from cds_service.errors import register_error_handlers
 from cds_service.keys import instance_secret
@@ -95,6 +96,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         hooks=hooks,
         feedback=FeedbackPipeline(runtime.decision_log, settings.max_feedback_items),
         login_throttle=LoginThrottle(attempts, settings.login_max_failures, settings.login_lockout_seconds),
+        refusals=RefusalCounter(engine, settings.trusted_issuers),
         redis=redis_client,
     )
     register_error_handlers(app)

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from cds_service.auditor.throttle import LoginThrottle
 from cds_service.cds_hooks.auth import Authenticator
 from cds_service.cds_hooks.pipeline import FeedbackPipeline, HookPipeline
+from cds_service.cds_hooks.refusals import RefusalCounter
 from cds_service.decision_log.writer import DecisionLog
 from cds_service.runtime import Runtime
 from cds_service.settings import Settings
@@ -26,6 +27,7 @@ class Components:
     hooks: HookPipeline
     feedback: FeedbackPipeline
     login_throttle: LoginThrottle
+    refusals: RefusalCounter
     redis: Any | None
 
     @property

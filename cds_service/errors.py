@@ -45,6 +45,8 @@ class Unauthorized(ApiError):
     def __init__(self, reason: str) -> None:
         super().__init__(401, "unauthorized", "Unauthorized")
         self.reason = reason
+        # the `iss` the refused token claims, when it is readable (never verified: a refusal's claim)
+        self.claimed_issuer: str | None = None
 
     @property
     def reason_code(self) -> str:

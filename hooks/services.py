@@ -196,10 +196,37 @@ class Catalog:
         return [s.discovery(self.prefetch) for s in self.services]
 
 
+# why a call got its cards or none: the decision log records one of these with every answered call
+# (the service adds "snoozed", and a failed call's error code), and the auditor pages explain it
+REASONS: Mapping[str, str] = {
+    "red-flag": "A red flag in the record: one warning asking for urgent assessment, no routine card.",
+    "spinal-origin-likely": "Mid-lumbar evidence in the record: a card that suggests a spine referral.",
+    "spinal-origin-possible": "Spinal evidence in the record: a card that advises examining first.",
+    "not-eligible": "The patient is outside the model's population (the assessment says why).",
+    "in-spine-care": "The patient is already in spine care (a spine referral, lumbar imaging or spine surgery).",
+    "no-spinal-evidence": "The record holds no spinal evidence enough for a card.",
+    "not-knee-directed": "None of the orders or appointments in the call concerns the knee.",
+    "no-knee-problem-added": "The problem being added is not knee pain or knee osteoarthritis.",
+    "not-a-clinician": "The user is not a clinician (a patient or relative using the EHR's app): no card.",
+}
+
+
+def card_reason(assessment: Assessment, cards: Sequence[Mapping[str, Any]]) -> str:
+    """Which rule made the cards, or why the assessment gave none."""
+    if cards:
+        return "red-flag" if assessment.red_flagged else f"spinal-origin-{assessment.band}"
+    if not assessment.eligible:
+        return "not-eligible"
+    if assessment.suppressed:
+        return "in-spine-care"
+    return "no-spinal-evidence"
+
+
 @dataclass(frozen=True)
 class Evaluation:
     assessment: Assessment
     cards: list[dict[str, Any]]
+    reason: str
     knee_orders: tuple[Intervention, ...] = ()
     system_actions: list[dict[str, Any]] = field(default_factory=list)
 
@@ -315,11 +342,11 @@ def evaluate(
     user_id = context.get("userId")
     user_id = user_id if isinstance(user_id, str) else None
     if service.clinician_users_only and not (user_id or "").startswith(_CLINICIAN_USERS):
-        return Evaluation(assessment, [])
+        return Evaluation(assessment, [], "not-a-clinician")
     if service.trigger == "problems" and not adds_knee_problem(model, added):
-        return Evaluation(assessment, [])
+        return Evaluation(assessment, [], "no-knee-problem-added")
     if service.trigger in ("orders", "appointments") and not triggers:
-        return Evaluation(assessment, [])
+        return Evaluation(assessment, [], "not-knee-directed")
     cards = build_cards(
         model,
         assessment,
@@ -334,4 +361,4 @@ def evaluate(
     actions: list[dict[str, Any]] = []
     if options.annotate_orders and service.trigger == "orders" and cards and not assessment.red_flagged:
         actions = order_annotations(assessment, triggers, _bundle_resources(context.get("draftOrders")), cards[0]["uuid"])
-    return Evaluation(assessment, cards, tuple(triggers), actions)
+    return Evaluation(assessment, cards, card_reason(assessment, cards), tuple(triggers), actions)

@@ -30,6 +30,13 @@ FILTER_PARAMETERS: list[dict[str, Any]] = [
     _query("hook", "The hook, e.g. patient-view or order-sign.", "patient-view"),
     _query("band", "The assessment band (likely, possible, unlikely).", "likely"),
     _query("outcome", "The logged outcome: cards, no-card, snoozed, or an error code such as invalid_request.", "cards"),
+    _query(
+        "reason",
+        "Why the call got its cards or none: red-flag, spinal-origin-likely, spinal-origin-possible, not-eligible, "
+        "in-spine-care, no-spinal-evidence, not-knee-directed, no-knee-problem-added, not-a-clinician, snoozed, "
+        "or a failed call's error code.",
+        "in-spine-care",
+    ),
     _query("user", "The EHR user (context.userId), e.g. Practitioner/123.", "Practitioner/dr-1"),
     _query("tenant", "The tenant claim of the EHR's JWT.", "north-clinic"),
     _query(

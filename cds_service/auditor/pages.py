@@ -35,6 +35,7 @@ from cds_service.auditor.accounts import (
     log_in,
     log_out,
 )
+from cds_service.cds_hooks.refusals import refusal_summary
 from cds_service.components import components
 from cds_service.decision_log.queries import (
     SORTABLE,
@@ -46,7 +47,7 @@ from cds_service.decision_log.queries import (
     stats,
 )
 from cds_service.errors import ApiError, TooManyAttempts
-from hooks.services import SERVICES
+from hooks.services import REASONS, SERVICES
 
 bp = Blueprint("audit_pages", __name__, url_prefix="/audit", template_folder="templates", static_folder="static")
 
@@ -56,7 +57,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-FILTER_FIELDS = ("from", "to", "service", "hook", "band", "outcome", "user", "tenant", "patient")
+FILTER_FIELDS = ("from", "to", "service", "hook", "band", "outcome", "reason", "user", "tenant", "patient")
 BANDS = ("likely", "possible", "unlikely")
 OUTCOMES = ("cards", "no-card", "snoozed")
 DASHBOARD_DAYS = 30  # the dashboard's range when the form names none
@@ -249,6 +250,7 @@ def dashboard(auditor: Auditor) -> Any:
         summary=summary,
         charts=dashboard_charts(summary),
         verification=latest_verification(_engine()),
+        refused=refusal_summary(_engine(), filters.start, filters.end),
         days=_days(summary["per_day"]),
         table_url=_query({k: v for k, v in args.items() if k in FILTER_FIELDS}),
     )
@@ -265,7 +267,19 @@ def _form(args: Mapping[str, str]) -> dict[str, Any]:
         "hooks": sorted({s.hook for s in SERVICES}),
         "bands": BANDS,
         "outcomes": OUTCOMES,
+        "reasons": (*REASONS, "snoozed"),
     }
+
+
+def explain(reason: str | None) -> str | None:
+    """What a decision's reason code means, in a sentence."""
+    if reason is None:
+        return None
+    if reason in REASONS:
+        return REASONS[reason]
+    if reason == "snoozed":
+        return "Earlier feedback on this service's cards for the patient silences them for now: the clinician's decision stands."
+    return f"The call failed ({reason}) and was not assessed."
 
 
 def _query(args: Mapping[str, str], **changes: str | int | None) -> str:
@@ -398,6 +412,7 @@ def decision(decision_id: int, auditor: Auditor) -> Any:
         "audit_decision.html",
         auditor=auditor,
         d=found,
+        why=explain(found.get("reason")),
         assessment=found.get("assessment") or {},
         cards=cards,
         back=request.referrer if _is_table_url(request.referrer) else url_for("audit_pages.decisions"),

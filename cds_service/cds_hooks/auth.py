@@ -316,6 +316,14 @@ class Authenticator:
         self._keys: dict[tuple[str, bytes], PyJWK] = {}
 
     def verify(self, authorization: str | None, audience: str) -> Caller:
+        """The verified caller; Unauthorized (with the issuer the token claims, if readable) otherwise."""
+        try:
+            return self._verify(authorization, audience)
+        except Unauthorized as refused:
+            refused.claimed_issuer = _claimed_issuer(authorization)
+            raise
+
+    def _verify(self, authorization: str | None, audience: str) -> Caller:
         scheme, _, token = (authorization or "").partition(" ")
         # the scheme name is case-insensitive (RFC 7235)
         if scheme.lower() != "bearer" or not token.strip():
@@ -421,3 +429,13 @@ class Authenticator:
             return jku in self.key_sets.jku_list(issuer.jku_list_url)
         except (httpx.HTTPError, ValueError) as exc:
             raise Unauthorized(f"jku list unavailable ({type(exc).__name__})") from None
+
+
+def _claimed_issuer(authorization: str | None) -> str | None:
+    _, _, token = (authorization or "").partition(" ")
+    try:
+        _, claims = _peek(token.strip())
+    except ValueError:
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None

@@ -279,6 +279,7 @@ class HookPipeline:
             suggestion_uuids=[],
             cards=[],
             outcome=outcome,
+            reason=outcome,  # a failed call's reason is its error code
             status_code=status,
             latency_ms=(time.perf_counter() - started) * 1000,
         )
@@ -303,6 +304,7 @@ class HookPipeline:
             card_uuids=[c["uuid"] for c in shown],
             suggestion_uuids=[s["uuid"] for c in shown for s in c.get("suggestions", [])],
             outcome=display.outcome,
+            reason="snoozed" if display.outcome == "snoozed" else evaluation.reason,
             status_code=200,
             latency_ms=(time.perf_counter() - started) * 1000,
         )

@@ -29,8 +29,9 @@ def _authenticate() -> Caller:
     try:
         return components().authenticator.verify(request.headers.get("Authorization"), audience)
     except Unauthorized as exc:
-        # the reason and the claimed issuer only: never the token
+        # the reason only: never the token
         auth_log.info("refused %s %s: %s; %s", request.method, request.path, exc.reason_code, exc.reason)
+        components().refusals.count(exc.claimed_issuer, exc.reason_code)
         raise
 
 

@@ -7,14 +7,16 @@ entry before it:
     entry_hash   = HMAC-SHA-256(audit key, "spine-cds/entry/v2" 0x00 kind 0x00 id 0x00 payload_hash 0x00 prev_hash
                                 0x00 the entry's created_at)
 
-Entries of format 1 (written before revision 0005) use "spine-cds/entry/v1" without the time, and their
-payload leaves out the columns added since; their time is checked against their row's own time instead.
+Entries of format 1 (written before revision 0005) use "spine-cds/entry/v1" without the time; their time is
+checked against their row's own time instead. An entry's payload covers the columns its format knew: of
+format 1 not those added in 0005, of format 2 not those added in 0007 (a decision's `reason`), and in an
+older entry's row those columns must still be empty.
 
 Canonical JSON is the row's columns with sorted keys, no whitespace, UTF-8, and timestamps in UTC as
 ISO 8601 with microseconds. The entry hash is keyed, so an entry cannot be forged or re-linked without
 the audit key, which lives in configuration (never in the database). Appends take a lock for the
 length of the transaction (PostgreSQL advisory lock; SQLite's write lock via BEGIN IMMEDIATE), so the
-sequence never forks or gaps. The chain head is also anchored outside the database (anchors.py), which
+sequence never forks or gaps. The chain head is also anchored outside the database (`AnchorFile`), which
 is what makes a cut-off tail detectable.
 """
 
@@ -47,13 +49,17 @@ from cds_service.decision_log.tables import (
 )
 
 GENESIS = "0" * 64
-FORMAT = 2  # the entry format written now
-# format 1 payloads predate these columns; in a format-1 entry's row they must still be empty
-_ADDED_SINCE_FORMAT_1: Mapping[str, frozenset[str]] = {
-    "decision": frozenset({"reuse_of"}),
-    "feedback": frozenset({"tenant"}),
-    "access": frozenset(),
+FORMAT = 3  # the entry format written now
+# the columns each format's payload first covers; an older entry's payload leaves them out
+_ADDED_IN_FORMAT: Mapping[int, Mapping[str, frozenset[str]]] = {
+    2: {"decision": frozenset({"reuse_of"}), "feedback": frozenset({"tenant"})},
+    3: {"decision": frozenset({"reason"})},
 }
+
+
+def _added_after(format_: int, kind: str) -> frozenset[str]:
+    """The columns of `kind` rows that entries of this format predate."""
+    return frozenset().union(*(added.get(kind, frozenset()) for f, added in _ADDED_IN_FORMAT.items() if f > format_))
 # what reading a row the database holds but cannot hand back raises (a JSON or time column that no
 # longer parses, a time beyond Python's range)
 _UNREADABLE = (ValueError, TypeError, DataError)
@@ -395,16 +401,14 @@ def _walk(
 
 def _entry_problem(key: bytes, entry: Any, row: dict[str, Any]) -> tuple[str, str] | None:
     """What is wrong with one entry and its row, by the entry's format; None when they hold."""
-    if entry.format == FORMAT:
-        hashed_row, at = row, entry.created_at
-    elif entry.format == 1:
-        added = _ADDED_SINCE_FORMAT_1.get(entry.kind, frozenset())
-        late = sorted(k for k in added if row.get(k) is not None)
-        if late:
-            return "edited", f"the {entry.kind} row's {', '.join(late)} was set after it was logged"
-        hashed_row, at = {k: v for k, v in row.items() if k not in added}, None
-    else:
+    if entry.format not in (1, 2, 3):
         return "edited", f"the entry's format {entry.format!r} is not one this service writes"
+    added = _added_after(entry.format, entry.kind)
+    late = sorted(k for k in added if row.get(k) is not None)
+    if late:
+        return "edited", f"the {entry.kind} row's {', '.join(late)} was set after it was logged"
+    hashed_row = {k: v for k, v in row.items() if k not in added}
+    at = None if entry.format == 1 else entry.created_at
     row_matches = payload_hash(hashed_row) == entry.payload_hash
     if entry_hash(key, entry.kind, entry.entry_id, entry.payload_hash, entry.prev_hash, at) != entry.entry_hash:
         if row_matches:  # the row was edited and its recorded hash rewritten to match, or the entry's time changed

@@ -124,6 +124,7 @@ def audit_event(decision: dict[str, Any], pseudonym: Pseudonym) -> dict[str, Any
         ("reuse-of-decision", decision.get("reuse_of")),
         ("tenant", decision.get("tenant")),
         ("outcome", decision.get("outcome")),
+        ("reason", decision.get("reason")),
         ("status-code", decision.get("status_code")),
     ]
     if decision.get("model_id"):

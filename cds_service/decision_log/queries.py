@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from cds_service.decision_log.tables import Decision, Feedback, Verification
 from cds_service.errors import ApiError
 
-SORTABLE = {"created_at", "service_id", "hook", "band", "outcome", "latency_ms", "user_id", "tenant", "id"}
+SORTABLE = {"created_at", "service_id", "hook", "band", "outcome", "reason", "latency_ms", "user_id", "tenant", "id"}
 SUMMARY_COLUMNS = (
     "id",
     "created_at",
@@ -32,6 +32,7 @@ SUMMARY_COLUMNS = (
     "patient_pseudonym",
     "band",
     "outcome",
+    "reason",
     "status_code",
     "latency_ms",
     "model_version",
@@ -65,14 +66,16 @@ class DecisionFilters:
     hook: str | None = None
     band: str | None = None
     outcome: str | None = None
+    reason: str | None = None
     user: str | None = None
     tenant: str | None = None
     patient_pseudonym: str | None = None
 
     @classmethod
     def from_args(cls, args: Mapping[str, str], pseudonym: Callable[[str], str | None]) -> DecisionFilters:
-        """From query parameters: from, to (dates are whole days), service, hook, band, outcome, user, tenant, patient."""
-        known = {"from", "to", "service", "hook", "band", "outcome", "user", "tenant", "patient", "sort", "page", "per_page"}
+        """From query parameters: from, to (dates are whole days), service, hook, band, outcome, reason, user, tenant,
+        patient."""
+        known = {"from", "to", "service", "hook", "band", "outcome", "reason", "user", "tenant", "patient", "sort", "page", "per_page"}
         unknown = sorted(set(args) - known)
         if unknown:
             raise ApiError(400, "invalid_filter", f"Unknown parameter(s): {', '.join(unknown)}.")
@@ -95,6 +98,7 @@ class DecisionFilters:
             hook=text("hook"),
             band=text("band"),
             outcome=text("outcome"),
+            reason=text("reason"),
             user=text("user"),
             tenant=text("tenant"),
             patient_pseudonym=pseudonym(patient) if patient else None,
@@ -111,6 +115,7 @@ class DecisionFilters:
             (Decision.hook, self.hook),
             (Decision.band, self.band),
             (Decision.outcome, self.outcome),
+            (Decision.reason, self.reason),
             (Decision.user_id, self.user),
             (Decision.tenant, self.tenant),
             (Decision.patient_pseudonym, self.patient_pseudonym),

@@ -59,6 +59,8 @@ class Decision(Base):
     model_hash: Mapped[str | None] = mapped_column(String(80))
     band: Mapped[str | None] = mapped_column(String(20))
     outcome: Mapped[str] = mapped_column(String(40))
+    # why the call got its cards or none: hooks.services.REASONS, "snoozed", or a failed call's error code
+    reason: Mapped[str | None] = mapped_column(String(40))
     status_code: Mapped[int] = mapped_column(Integer)
     card_uuids: Mapped[list[str]] = mapped_column(JSON, default=list)
     suggestion_uuids: Mapped[list[str]] = mapped_column(JSON, default=list)

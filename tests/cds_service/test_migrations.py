@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from cds_service.database import MIGRATIONS, make_engine, upgrade
-from cds_service.decision_log.chain import GENESIS, AnchorFile, entry_hash, payload_hash, verify
+from cds_service.decision_log.chain import FORMAT, GENESIS, AnchorFile, entry_hash, payload_hash, verify
 from cds_service.decision_log.tables import Decision
 from cds_service.decision_log.writer import DecisionLog
 from tests.conftest import scratch_postgres
@@ -77,8 +77,8 @@ def test_a_log_written_at_revision_0004_verifies_after_the_upgrade(fresh_engine:
             ),
             row,
         )
-        # read back as the service reads it (typed columns), without the column revision 0005 adds
-        columns = [c for c in Decision.__table__.c if c.key != "reuse_of"]
+        # read back as the service reads it (typed columns), without the columns revisions 0005 and 0007 add
+        columns = [c for c in Decision.__table__.c if c.key not in ("reuse_of", "reason")]
         stored = dict(connection.execute(select(*columns)).mappings().one())
         payload = payload_hash(stored)
         connection.execute(
@@ -106,4 +106,4 @@ def test_a_log_written_at_revision_0004_verifies_after_the_upgrade(fresh_engine:
     assert report.ok, report.problem
     assert report.entries == 2
     with fresh_engine.connect() as connection:
-        assert connection.execute(text("SELECT format FROM log_chain ORDER BY seq")).scalars().all() == [1, 2]
+        assert connection.execute(text("SELECT format FROM log_chain ORDER BY seq")).scalars().all() == [1, FORMAT]

@@ -45,6 +45,10 @@ def filter_cases(log: AuditLog) -> dict[str, tuple[dict[str, str], set[str]]]:
         "outcome-no-card": ({"outcome": "no-card"}, {"no-card", "child"}),
         "outcome-412": ({"outcome": "prefetch_unavailable"}, {"refused"}),
         "outcome-400": ({"outcome": "invalid_request"}, {"invalid"}),
+        "reason-likely": ({"reason": "spinal-origin-likely"}, {"likely", "order"}),
+        "reason-not-eligible": ({"reason": "not-eligible"}, {"child"}),
+        "reason-no-evidence": ({"reason": "no-spinal-evidence"}, {"no-card"}),
+        "reason-failed": ({"reason": "prefetch_unavailable"}, {"refused"}),
         "user": ({"user": "Practitioner/dr-1"}, {"likely", "order", "refused"}),
         "user-role": ({"user": "PractitionerRole/nurse-7"}, {"possible"}),
         "user-formula": ({"user": FORMULA_USER}, {"no-card"}),
@@ -77,6 +81,10 @@ FILTER_CASE_NAMES = [
     "outcome-no-card",
     "outcome-412",
     "outcome-400",
+    "reason-likely",
+    "reason-not-eligible",
+    "reason-no-evidence",
+    "reason-failed",
     "user",
     "user-role",
     "user-formula",
@@ -554,7 +562,7 @@ def test_every_documented_parameter_is_accepted(audit_log: AuditLog) -> None:
                 assert response.status_code == 200, (path, parameter["name"], response.text)
                 checked += 1
             assert audit_log.get(url).status_code == 200, path
-    assert checked == 12 + 3 * 9  # the search takes 9 filters and 3 paging parameters; stats and exports 9 filters
+    assert checked == 13 + 3 * 10  # the search takes 10 filters and 3 paging parameters; stats and exports 10 filters
 
 
 # -- on each database ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from cds_service.cli import main
@@ -28,7 +28,7 @@ from cds_service.decision_log.chain import (
     verify,
     verify_and_record,
 )
-from cds_service.decision_log.tables import Decision, Feedback
+from cds_service.decision_log.tables import Decision, Feedback, LogEntry
 from cds_service.decision_log.writer import DecisionLog
 
 KEY = b"test-audit-key"
@@ -359,7 +359,7 @@ def _rewrite_as_format_1(engine: Engine) -> None:
         for entry in connection.execute(text("SELECT seq, kind, entry_id FROM log_chain ORDER BY seq")).all():
             row = row_of(connection, entry.kind, entry.entry_id)
             assert row is not None
-            added = {"decision": {"reuse_of"}, "feedback": {"tenant"}}.get(entry.kind, set())
+            added = {"decision": {"reuse_of", "reason"}, "feedback": {"tenant"}}.get(entry.kind, set())
             row = {k: v for k, v in row.items() if k not in added}
             payload = payload_hash(row)
             hashed = entry_hash(KEY, entry.kind, entry.entry_id, payload, prev)
@@ -377,7 +377,7 @@ def test_entries_of_format_1_still_verify_and_their_times_are_checked(
     hash, must agree with their rows' times, and the columns added since must stay empty."""
     _rewrite_as_format_1(engine)
     assert verify(engine, KEY, anchors).ok
-    log.append(decision(7))  # later entries are of format 2, linked after the old ones
+    log.append(decision(7))  # later entries are of the current format, linked after the old ones
     assert verify(engine, KEY, anchors).ok
 
     sql(engine, "UPDATE log_chain SET created_at = '2001-01-01 00:00:00' WHERE seq <= 3")
@@ -396,6 +396,32 @@ def test_entries_of_format_1_still_verify_and_their_times_are_checked(
     sql(engine, "UPDATE decisions SET reuse_of = 1 WHERE id = 4")
     problem = verify(engine, KEY, anchors).problem
     assert problem is not None and (problem.what, problem.seq) == ("edited", 4)
+
+
+def test_entries_of_format_2_verify_and_a_reason_set_later_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
+    """A log written before revision 0007 (its decisions without a reason) verifies after the upgrade; a reason
+    written into one of those rows afterwards is an edit."""
+    with engine.begin() as connection:
+        prev = GENESIS
+        columns = (LogEntry.seq, LogEntry.kind, LogEntry.entry_id, LogEntry.created_at)
+        for entry in connection.execute(select(*columns).order_by(LogEntry.seq)).all():
+            row = row_of(connection, entry.kind, entry.entry_id)
+            assert row is not None
+            if entry.kind == "decision":
+                row = {k: v for k, v in row.items() if k != "reason"}
+            payload = payload_hash(row)
+            hashed = entry_hash(KEY, entry.kind, entry.entry_id, payload, prev, entry.created_at)
+            connection.execute(
+                text("UPDATE log_chain SET format = 2, payload_hash = :p, prev_hash = :prev, entry_hash = :h WHERE seq = :s"),
+                {"p": payload, "prev": prev, "h": hashed, "s": entry.seq},
+            )
+            prev = hashed
+    assert verify(engine, KEY, anchors).ok
+    log.append(decision(7))
+    assert verify(engine, KEY, anchors).ok
+    sql(engine, "UPDATE decisions SET reason = 'red-flag' WHERE id = 2")
+    problem = verify(engine, KEY, anchors).problem
+    assert problem is not None and problem.what == "edited" and "reason was set after it was logged" in problem.detail
 
 
 def test_a_deleted_anchor_file_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
