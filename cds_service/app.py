@@ -10,6 +10,7 @@ from flask import Flask
 from flask.json.provider import JSONProvider
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from cds_service import metrics as metrics_views
 from cds_service.auditor import api, pages
 from cds_service.auditor.throttle import AttemptStore, FallbackAttempts, LoginThrottle, MemoryAttempts, RedisAttempts
 from cds_service.cds_hooks import views as cds_hooks_views
@@ -27,6 +28,7 @@ from cds_service.cds_hooks.refusals import RefusalCounter
 from cds_service.components import Components
 from cds_service.errors import register_error_handlers
 from cds_service.keys import instance_secret
+from cds_service.metrics import Metrics
 from cds_service.population import views as population_views
 from cds_service.runtime import Runtime
 from cds_service.settings import load_settings
@@ -81,9 +83,14 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         # the jti memory in the database every worker shares (the SQLite file or PostgreSQL)
         replay, attempts = DatabaseReplayStore(engine), MemoryAttempts()
     model = runtime.model
+    metrics = Metrics(engine) if settings.metrics_enabled else None
+    fetcher = PrefetchFetcher.from_settings(settings)
+    if metrics is not None:
+        fetcher.fetched = lambda outcome: metrics.fetches.labels(outcome).inc()
+        runtime.decision_log.appended = metrics.appended
     hooks = HookPipeline(
         model,
-        PrefetchFetcher.from_settings(settings),
+        fetcher,
         runtime.decision_log,
         digest_key=runtime.pseudonym_key,
         snooze=snooze_rule(settings),
@@ -97,6 +104,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         feedback=FeedbackPipeline(runtime.decision_log, settings.max_feedback_items),
         login_throttle=LoginThrottle(attempts, settings.login_max_failures, settings.login_lockout_seconds),
         refusals=RefusalCounter(engine, settings.trusted_issuers),
+        metrics=metrics,
         redis=redis_client,
     )
     register_error_handlers(app)
@@ -104,4 +112,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(population_views.bp)
+    if metrics is not None:
+        app.extensions["spine_cds_metrics"] = metrics
+        app.register_blueprint(metrics_views.bp)
     return app

@@ -170,6 +170,10 @@ class Settings(BaseModel):
     # auditor logins: failures per account (five times as many per client address) before a lockout
     login_max_failures: int = Field(10, ge=1)
     login_lockout_seconds: int = Field(900, ge=1)
+    # GET /metrics (Prometheus text format) for operators: off unless enabled; with a token, only for
+    # "Authorization: Bearer <token>"
+    metrics_enabled: bool = False
+    metrics_token: str | None = Field(None, min_length=16)
     # how new auditor passwords are hashed (werkzeug's method string); a stored hash names its own method,
     # so changing this affects only passwords set afterwards. Tests set a cheap one; production keeps scrypt
     password_hash: str = Field("scrypt", pattern=r"^(scrypt(:\d+:\d+:\d+)?|pbkdf2:sha(256|512)(:\d+)?)$")

@@ -24,7 +24,7 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -122,6 +122,8 @@ class PrefetchFetcher:
         self.max_bytes = max_bytes
         self.max_pages = max_pages
         self.policy = policy
+        # told each key's outcome (ok, failed, refused): the operators' metrics, when enabled
+        self.fetched: Callable[[str], None] = lambda outcome: None
         # servers an administrator listed for the issuer are connected to as they resolve; every other host
         # has its addresses checked on each connection. Two pools, so a kept-alive connection opened for a
         # listed server (its address unchecked) never serves the call of an issuer without a list
@@ -222,10 +224,13 @@ class PrefetchFetcher:
             try:
                 completed[key], key_notes = self._result(future, deadline)
                 notes.extend(key_notes)
+                self.fetched("ok")
             except EgressRefused as exc:  # the address check on connecting
                 refused.append((key, exc))
+                self.fetched("refused")
             except (httpx.HTTPError, ValueError, TimeoutError):
                 failed.append(key)
+                self.fetched("failed")
         for key, future in more.items():
             try:
                 pages, key_notes = self._result(future, deadline)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,9 +32,16 @@ def serve(host: str, port: int, workers: int | None, threads: int, timeout: int,
     # once, before workers start: the schema and, on embedded defaults, the generated keys
     with open_runtime(migrate=True) as runtime:
         runtime.pseudonym_key, runtime.audit_key  # noqa: B018  (read, so generated now if missing)
+        settings = runtime.settings
     # one process per CPU: a hook call is CPU-bound under the GIL, and the threads cover waits on I/O
     count = workers or max(2, os.cpu_count() or 1)
     os.environ["SPINE_CDS_AUTO_MIGRATE"] = "false"
+    if settings.metrics_enabled:
+        # every worker's counts in one folder, emptied at each start (prometheus_client's multiprocess mode)
+        folder = settings.instance_path / "prometheus"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     argv = [
         "gunicorn",
         "--bind", bind or f"{host}:{port}",

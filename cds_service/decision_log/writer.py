@@ -113,6 +113,8 @@ class DecisionLog:
         self._key = pseudonym_key
         self.audit_key = audit_key
         self.clock = clock
+        # told each append's kind and count (the operators' metrics, when enabled)
+        self.appended: Callable[[str, int], None] = lambda kind, count: None
         postgres = engine.dialect.name == "postgresql"
         self._postgres_statements = _PostgresAppend(engine.dialect) if postgres else None
 
@@ -159,6 +161,7 @@ class DecisionLog:
         for key in ("created_at", "reuse_of"):
             setattr(decision, key, values[key])
         decision.id = decision_id
+        self.appended("decision", 1)
         return decision
 
     @staticmethod
@@ -323,6 +326,7 @@ class DecisionLog:
                 seq, prev = link["seq"], link["entry_hash"]
             connection.execute(insert(LogEntry), links)
         stored = set(fresh)
+        self.appended("feedback", len(stored))
         return [index in stored for index in range(len(items))]
 
     def add_feedback(self, item: Feedback) -> bool:
@@ -336,6 +340,7 @@ class DecisionLog:
             chain.lock(connection)
             access_id = connection.execute(insert(AccessRecord).returning(AccessRecord.id), values).scalar_one()
             chain.link(connection, self.audit_key, "access", access_id, {"id": access_id, **values}, self.clock())
+        self.appended("access", 1)
 
 
 def _decision(row: Any) -> Decision:
