@@ -18,6 +18,7 @@ from cds_service.auditor import openapi
 from cds_service.auditor.accounts import Auditor, auditor_required
 from cds_service.components import components
 from cds_service.decision_log import export
+from cds_service.decision_log.access import AccessFilters, access_ndjson, list_access
 from cds_service.decision_log.queries import MAX_ID, DecisionFilters, get_decision, list_decisions, page_args, stats
 from cds_service.errors import ApiError
 
@@ -112,6 +113,32 @@ def export_csv(auditor: Auditor) -> Response:
     filters = _filters()
     _record(auditor, "api.export.csv", filters.to_log())
     return _download(export.csv_lines(components().engine, filters), "text/csv", "decisions.csv")
+
+
+def _access_filters() -> AccessFilters:
+    return AccessFilters.from_args(request.args, components().decision_log.pseudonym)
+
+
+@bp.get("/access")
+@auditor_only
+def access(auditor: Auditor) -> Response:
+    """Who searched, opened or exported what (the access log), newest first."""
+    filters = _access_filters()
+    _, page, per_page = page_args({k: v for k, v in request.args.items() if k in ("page", "per_page")})
+    _record(auditor, "api.access.search", {**filters.to_log(), "page": page, "per_page": per_page})
+    found = list_access(components().engine, filters, page=page, per_page=per_page)
+    body: dict[str, Any] = {"items": found.items, "total": found.total, "page": found.page, "per_page": found.per_page}
+    if page * per_page < found.total:
+        body["next"] = _page_url(page + 1)
+    return jsonify(body)
+
+
+@bp.get("/access/export.ndjson")
+@auditor_only
+def access_export(auditor: Auditor) -> Response:
+    filters = _access_filters()
+    _record(auditor, "api.access.export", filters.to_log())
+    return _download(access_ndjson(components().engine, filters), "application/fhir+ndjson", "access-log.ndjson")
 
 
 @bp.get("/openapi.json")

@@ -46,6 +46,11 @@ FILTER_PARAMETERS: list[dict[str, Any]] = [
         "example-patient-id",
     ),
 ]
+ACCESS_PARAMETERS: list[dict[str, Any]] = [
+    _query("auditor", "The auditor (or cli:<user> for account changes) whose accesses to list.", "auditor-1"),
+    _query("action", "One kind of access, e.g. page.view, api.search, api.export.csv, users.disable.", "page.view"),
+    _query("decision", "The accesses that opened this decision.", 1, {"type": "integer", "minimum": 1, "maximum": MAX_ID}),
+]
 PAGE_PARAMETERS: list[dict[str, Any]] = [
     _query(
         "sort",
@@ -54,7 +59,7 @@ PAGE_PARAMETERS: list[dict[str, Any]] = [
         {"type": "string", "enum": sorted(SORTABLE | {f"-{c}" for c in SORTABLE}), "default": "-created_at"},
     ),
     _query("page", "The page, from 1.", 1, {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1}),
-    _query("per_page", "Decisions per page.", 50, {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE, "default": 50}),
+    _query("per_page", "Entries per page.", 50, {"type": "integer", "minimum": 1, "maximum": MAX_PER_PAGE, "default": 50}),
 ]
 
 _SUMMARY_TYPES: dict[str, dict[str, Any]] = {
@@ -113,6 +118,9 @@ def document() -> dict[str, Any]:
     }
     filters = [{"$ref": f"#/components/parameters/{p['name']}"} for p in FILTER_PARAMETERS]
     paging = [{"$ref": f"#/components/parameters/{p['name']}"} for p in PAGE_PARAMETERS]
+    access_filters = [
+        {"$ref": f"#/components/parameters/{name}"} for name in ("from", "to", "auditor", "action", "decision", "patient")
+    ]
     common = {"400": _error("A query parameter is unknown or invalid."), "401": _UNAUTHORIZED, "429": _TOO_MANY_ATTEMPTS}
     return {
         "openapi": "3.1.0",
@@ -205,6 +213,37 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/audit/api/access": {
+                "get": {
+                    "operationId": "listAccess",
+                    "summary": "Search the access log: who searched, opened or exported what, and account changes",
+                    "description": "Newest first. `patient` finds the searches that named the patient and the openings "
+                    "of that patient's decisions. This search is itself logged.",
+                    "parameters": access_filters + paging[1:],
+                    "responses": {
+                        "200": {
+                            "description": "One page of access-log entries; `next` when there is a further page.",
+                            "content": {"application/json": {"schema": _ref("AccessPage")}},
+                        },
+                        **common,
+                    },
+                }
+            },
+            "/audit/api/access/export.ndjson": {
+                "get": {
+                    "operationId": "exportAccess",
+                    "summary": "The matching access-log entries as FHIR R4 AuditEvents, one per line (oldest first)",
+                    "parameters": access_filters,
+                    "responses": {
+                        "200": {
+                            "description": "NDJSON of AuditEvent resources: the auditor as the requesting agent, the "
+                            "decision opened or the search's filters as entities.",
+                            "content": {"application/fhir+ndjson": {"schema": _STRING}},
+                        },
+                        **common,
+                    },
+                }
+            },
             "/audit/api/openapi.json": {
                 "get": {
                     "operationId": "openapi",
@@ -224,7 +263,7 @@ def document() -> dict[str, Any]:
                     "description": "The session of an auditor logged in at /audit/login.",
                 },
             },
-            "parameters": {p["name"]: p for p in FILTER_PARAMETERS + PAGE_PARAMETERS},
+            "parameters": {p["name"]: p for p in FILTER_PARAMETERS + ACCESS_PARAMETERS + PAGE_PARAMETERS},
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -245,6 +284,28 @@ def document() -> dict[str, Any]:
                     },
                 },
                 "DecisionSummary": summary,
+                "AccessEntry": {
+                    "type": "object",
+                    "required": ["id", "created_at", "username", "action", "details"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "username": _STRING,
+                        "action": _STRING,
+                        "details": {"type": "object", "description": "The filters (a patient only as its pseudonym) or the decision opened."},
+                    },
+                },
+                "AccessPage": {
+                    "type": "object",
+                    "required": ["items", "total", "page", "per_page"],
+                    "properties": {
+                        "items": {"type": "array", "items": _ref("AccessEntry")},
+                        "total": {"type": "integer"},
+                        "page": {"type": "integer"},
+                        "per_page": {"type": "integer"},
+                        "next": {"type": "string", "format": "uri"},
+                    },
+                },
                 "DecisionPage": {
                     "type": "object",
                     "required": ["items", "total", "page", "per_page"],

@@ -37,6 +37,7 @@ from cds_service.auditor.accounts import (
 )
 from cds_service.cds_hooks.refusals import refusal_summary
 from cds_service.components import components
+from cds_service.decision_log.access import AccessFilters, list_access
 from cds_service.decision_log.queries import (
     SORTABLE,
     DecisionFilters,
@@ -282,15 +283,15 @@ def explain(reason: str | None) -> str | None:
     return f"The call failed ({reason}) and was not assessed."
 
 
-def _query(args: Mapping[str, str], **changes: str | int | None) -> str:
-    """The table's URL with these filters, empty values left out, and `changes` applied."""
+def _query(args: Mapping[str, str], endpoint: str = "audit_pages.decisions", **changes: str | int | None) -> str:
+    """A table's URL with these filters, empty values left out, and `changes` applied."""
     merged: dict[str, Any] = {k: v for k, v in args.items() if v not in ("", None)}
     for key, value in changes.items():
         if value in ("", None):
             merged.pop(key, None)
         else:
             merged[key] = value
-    return url_for("audit_pages.decisions", **merged)
+    return url_for(endpoint, **merged)
 
 
 @bp.get("/decisions")
@@ -436,3 +437,33 @@ def population_jobs(auditor: Auditor) -> Any:
         rows = connection.execute(select(PopulationJob).order_by(PopulationJob.created_at.desc()).limit(200)).mappings().all()
     components().decision_log.record_access(auditor.username, "page.population", {})
     return render_template("audit_population.html", jobs=[job_summary(row) for row in rows], auditor=auditor)
+
+
+ACCESS_FIELDS = ("from", "to", "auditor", "action", "decision", "patient")
+
+
+@bp.get("/access")
+@login_required
+def access_log(auditor: Auditor) -> Any:
+    """Who searched, opened or exported what: the access log, searchable like the decisions."""
+    args = {k: v for k, v in _args().items() if k in (*ACCESS_FIELDS, "page", "per_page")}
+    values = {name: args.get(name, "") for name in ACCESS_FIELDS}
+    try:
+        filters = AccessFilters.from_args(args, components().decision_log.pseudonym)
+        _, page_number, per_page = page_args({k: v for k, v in args.items() if k in ("page", "per_page")})
+    except ApiError as exc:
+        return render_template("audit_access.html", auditor=auditor, values=values, problem=exc.message, page=None), 400
+    page = list_access(_engine(), filters, page=page_number, per_page=per_page)
+    components().decision_log.record_access(auditor.username, "page.access", {**filters.to_log(), "page": page_number})
+    pages = max(1, -(-page.total // per_page))
+    return render_template(
+        "audit_access.html",
+        auditor=auditor,
+        values=values,
+        problem=None,
+        page=page,
+        pages=pages,
+        previous_url=_query(args, "audit_pages.access_log", page=page_number - 1) if page_number > 1 else None,
+        next_url=_query(args, "audit_pages.access_log", page=page_number + 1) if page_number < pages else None,
+        export_url=_query({k: v for k, v in args.items() if k in ACCESS_FIELDS}, "audit_api.access_export"),
+    )

@@ -46,7 +46,8 @@ MAX_FILTER_LENGTH = 500
 SelectT = TypeVar("SelectT", bound=Select[*tuple[Any, ...]])
 
 
-def _day(value: str, name: str, *, end: bool) -> datetime:
+def day_or_time(value: str, name: str, *, end: bool) -> datetime:
+    """A `from`/`to` parameter: a whole day (YYYY-MM-DD, `to` inclusive) or an ISO 8601 instant, in UTC."""
     try:
         if len(value) == 10:
             day = date.fromisoformat(value)
@@ -56,6 +57,14 @@ def _day(value: str, name: str, *, end: bool) -> datetime:
         raise ApiError(400, "invalid_filter", f"'{name}' must be a date (YYYY-MM-DD) or an ISO 8601 date-time.") from None
     # in UTC: SQLite keeps times as UTC text without an offset, so an offset would be compared as if it were UTC
     return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def filter_text(args: Mapping[str, str], name: str) -> str | None:
+    """A text query parameter, stripped; None when empty. Bounded and free of control characters."""
+    value = (args.get(name) or "").strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in value) or len(value) > MAX_FILTER_LENGTH:
+        raise ApiError(400, "invalid_filter", f"'{name}' must be at most {MAX_FILTER_LENGTH} characters without control characters.")
+    return value or None
 
 
 @dataclass(frozen=True)
@@ -81,15 +90,10 @@ class DecisionFilters:
             raise ApiError(400, "invalid_filter", f"Unknown parameter(s): {', '.join(unknown)}.")
 
         def text(name: str) -> str | None:
-            value = (args.get(name) or "").strip()
-            if any(ord(c) < 32 or ord(c) == 127 for c in value) or len(value) > MAX_FILTER_LENGTH:
-                raise ApiError(
-                    400, "invalid_filter", f"'{name}' must be at most {MAX_FILTER_LENGTH} characters without control characters."
-                )
-            return value or None
+            return filter_text(args, name)
 
-        start = _day(args["from"], "from", end=False) if text("from") else None
-        end = _day(args["to"], "to", end=True) if text("to") else None
+        start = day_or_time(args["from"], "from", end=False) if text("from") else None
+        end = day_or_time(args["to"], "to", end=True) if text("to") else None
         patient = text("patient")
         return cls(
             start=start,
