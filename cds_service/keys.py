@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 
+from cds_service.decision_log.signed_note import Signer, load_signer
 from cds_service.settings import Settings
 
 
@@ -41,3 +42,25 @@ def pseudonym_key(settings: Settings) -> bytes:
 
 def audit_key(settings: Settings) -> bytes:
     return instance_secret(settings, settings.audit_key, "audit.key")
+
+
+def checkpoint_signer(settings: Settings) -> Signer:
+    """The Ed25519 key that signs the Merkle tree's checkpoints, named by the log's origin: the configured PEM,
+    or for the embedded defaults one generated once into the instance folder (created with mode 0600)."""
+    origin = settings.effective_checkpoint_origin
+    if settings.checkpoint_key_path is not None:
+        return load_signer(settings.checkpoint_key_path, origin)
+    path = settings.instance_path / "checkpoint-key.pem"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(Signer.generate(origin).private_key_pem())
+        try:
+            os.link(scratch, path)  # the first of several starting workers wins; the rest read its key
+        except FileExistsError:
+            pass
+        finally:
+            scratch.unlink()
+    return load_signer(path, origin)

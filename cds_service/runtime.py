@@ -10,8 +10,9 @@ from sqlalchemy.engine import Engine
 
 from cds_service.database import make_engine, schema_is_current, upgrade
 from cds_service.decision_log.chain import AnchorFile
+from cds_service.decision_log.signed_note import Signer
 from cds_service.decision_log.writer import DecisionLog
-from cds_service.keys import audit_key, pseudonym_key
+from cds_service.keys import audit_key, checkpoint_signer, pseudonym_key
 from cds_service.settings import Settings
 from hooks.model import Model, load_model
 
@@ -42,6 +43,10 @@ class Runtime:
     @cached_property
     def audit_key(self) -> bytes:
         return audit_key(self.settings)
+
+    @cached_property
+    def checkpoint_signer(self) -> Signer:
+        return checkpoint_signer(self.settings)
 
     @cached_property
     def anchors(self) -> AnchorFile:

@@ -165,6 +165,12 @@ class Settings(BaseModel):
     # where chain heads are anchored outside the database (an append-only file of signed head records)
     anchor_path: Path | None = None
     retention_days: int = Field(6 * 366, ge=1)
+    # the Ed25519 key (PKCS #8 PEM) that signs the Merkle tree's checkpoints, kept outside the database like
+    # the audit key; without one, a key generated once into the instance folder. Its public half, from
+    # `spine-cds audit public-key`, is what outside auditors verify proofs with
+    checkpoint_key_path: Path | None = None
+    # the log's name in its checkpoints (C2SP tlog-checkpoint origin); default: from PUBLIC_BASE_URL
+    checkpoint_origin: str | None = Field(None, pattern=r"^[^\s+]{1,200}$")
     # signs auditor session cookies
     secret_key: str | None = None
     # auditor logins: failures per account (five times as many per client address) before a lockout
@@ -267,6 +273,13 @@ class Settings(BaseModel):
     @property
     def effective_anchor_path(self) -> Path:
         return self.anchor_path or self.instance_path / "anchors.ndjson"
+
+    @property
+    def effective_checkpoint_origin(self) -> str:
+        if self.checkpoint_origin:
+            return self.checkpoint_origin
+        host = urlsplit(self.public_base_url).hostname if self.public_base_url else None
+        return f"{host or 'spine-cds.local'}/decision-log"
 
     @property
     def effective_database_url(self) -> str:

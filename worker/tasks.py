@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from cds_service.decision_log.chain import PurgeRefused, anchor, purge, verify_and_record
+from cds_service.decision_log.transparency import extend_and_sign
 from cds_service.runtime import Runtime
 from cds_service.settings import Settings, load_settings
 from worker import population
@@ -190,7 +191,13 @@ def verify_and_anchor() -> dict[str, Any]:
         log.error("decision log verification failed: %s", report.problem)
         return {"ok": False, "problem": str(report.problem)}
     record = anchor(ctx.engine, ctx.audit_key, ctx.anchors)
-    return {"ok": True, "entries": report.entries, "anchored": record["seq"] if record else None}
+    signed = extend_and_sign(ctx.engine, ctx.checkpoint_signer)  # the Merkle tree and its signed checkpoint
+    return {
+        "ok": True,
+        "entries": report.entries,
+        "anchored": record["seq"] if record else None,
+        "checkpoint": signed.size if signed else None,
+    }
 
 
 @reliable_task("log.purge", soft_time_limit=1800)

@@ -47,6 +47,7 @@ from cds_service.decision_log.queries import (
     page_args,
     stats,
 )
+from cds_service.decision_log.transparency import NotAnchored, prove_entry
 from cds_service.errors import ApiError, TooManyAttempts
 from hooks.services import REASONS, SERVICES
 
@@ -391,6 +392,20 @@ def _audit_time(value: Any) -> str:
 def _audit_url(value: Any) -> str | None:
     """A URL from a stored card, only when it is safe to link to."""
     return value if isinstance(value, str) and _safe_url(value) else None
+
+
+@bp.get("/decisions/<int:decision_id>/proof")
+@login_required
+def decision_proof(decision_id: int, auditor: Auditor) -> Any:
+    """The decision's inclusion proof under the newest signed checkpoint (C2SP tlog-proof), as a download."""
+    components().decision_log.record_access(auditor.username, "page.proof", {"decision_id": decision_id})
+    try:
+        text = prove_entry(_engine(), "decision", decision_id)
+    except NotAnchored as exc:
+        raise ApiError(404, "not_anchored", f"{exc}.") from None
+    response = Response(text, mimetype="text/plain")
+    response.headers["Content-Disposition"] = f'attachment; filename="decision-{decision_id}.proof"'
+    return response
 
 
 @bp.get("/decisions/<int:decision_id>")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import datetime
+from pathlib import Path
 
 import click
 
-from cds_service.cli.common import open_runtime
+from cds_service.cli.common import open_runtime, settings
 
 
 @click.group()
@@ -34,15 +36,69 @@ def audit_verify() -> None:
 
 @audit.command("anchor")
 def audit_anchor() -> None:
-    """Record the chain head in the anchor file (outside the database)."""
+    """Record the chain head in the anchor file (outside the database), extend the Merkle tree and sign its checkpoint."""
     from cds_service.decision_log.chain import anchor
+    from cds_service.decision_log.transparency import extend_and_sign
 
     with open_runtime(migrate=True) as runtime:
         record = anchor(runtime.engine, runtime.audit_key, runtime.anchors)
+        signed = extend_and_sign(runtime.engine, runtime.checkpoint_signer)
     if record is None:
         click.echo("the head is already anchored")
     else:
         click.echo(f"anchored entry {record['seq']} at {record['at']} in {runtime.anchors.path}")
+    if signed is not None:
+        click.echo(f"signed the checkpoint of the tree's {signed.size} entries (root {signed.root_hash})")
+
+
+@audit.command("public-key")
+def audit_public_key() -> None:
+    """Print the verifier key of the checkpoint signing key, for outside auditors to verify proofs with."""
+    from cds_service.keys import checkpoint_signer
+
+    click.echo(checkpoint_signer(settings()).verifier_key)  # no database needed
+
+
+@audit.command("prove")
+@click.argument("decision_id", type=int)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the proof here (default: stdout).")
+def audit_prove(decision_id: int, out: Path | None) -> None:
+    """Write a self-contained proof that DECISION_ID is in the log under the newest signed checkpoint."""
+    from cds_service.decision_log.transparency import NotAnchored, prove_entry
+
+    with open_runtime(migrate=False) as runtime:
+        try:
+            text = prove_entry(runtime.engine, "decision", decision_id)
+        except NotAnchored as exc:
+            raise click.ClickException(str(exc)) from None
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote the proof of decision {decision_id} to {out}", err=True)
+
+
+@audit.command("verify-proof")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--public-key", "public_key", required=True, help="The verifier key (name+id+key), or a file holding it.")
+def audit_verify_proof(path: Path, public_key: str) -> None:
+    """Check a proof file offline: no database, no audit key; exit 1 naming what fails."""
+    from cds_service.decision_log.proof import ProofVerificationError, verify_proof
+    from cds_service.decision_log.signed_note import KeyFormatError, parse_verifier_key
+    from cds_service.decision_log.transparency import LEAF_PREFIX
+
+    key_text = Path(public_key).read_text(encoding="utf-8").strip() if Path(public_key).is_file() else public_key.strip()
+    try:
+        verifier = parse_verifier_key(key_text)
+        verified = verify_proof(path.read_bytes(), verifier)
+    except (KeyFormatError, ProofVerificationError) as exc:
+        click.echo(f"NOT VERIFIED: {exc}", err=True)
+        sys.exit(1)
+    entry = json.loads(verified.entry.removeprefix(LEAF_PREFIX)) if verified.entry.startswith(LEAF_PREFIX) else {}
+    click.echo(
+        f"verified: entry {verified.index + 1} ({entry.get('kind', '?')} {entry.get('entry_id', '?')}) is in "
+        f"{verified.origin}'s log of {verified.tree_size} entries, root {verified.root_hash.hex()}"
+    )
 
 
 @audit.command("purge")

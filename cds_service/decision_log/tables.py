@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     SmallInteger,
     String,
     UniqueConstraint,
@@ -168,3 +169,24 @@ class Verification(Base):
     entries: Mapped[int] = mapped_column(Integer)
     head_seq: Mapped[int | None] = mapped_column(BigInteger)
     problem: Mapped[str | None] = mapped_column(String(2000))
+
+
+class TreeNode(Base):
+    """A perfect subtree of the Merkle tree (RFC 9162) over the chain's entries: leaf i is entry seq i + 1."""
+
+    __tablename__ = "merkle_nodes"
+
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class TreeCheckpoint(Base):
+    """A signed tree head (C2SP tlog-checkpoint in a signed note), written by the anchoring task."""
+
+    __tablename__ = "tree_checkpoints"
+
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    root_hash: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str] = mapped_column(String(2000))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 
 from cds_service.cli import main
-from cds_service.database import make_engine, upgrade
+from cds_service.database import make_engine
 from cds_service.decision_log.chain import (
     GENESIS,
     AnchorFile,
@@ -74,21 +73,6 @@ def feedback_for(logged: Decision) -> Feedback:
         issuer=logged.issuer,
         patient_pseudonym=logged.patient_pseudonym,
     )
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    upgrade(engine)
-    tables = "log_chain, checkpoints, anchors, verifications, issued_cards, feedback, access_log, decisions"
-    with engine.begin() as connection:  # the PostgreSQL database is shared by the session: start empty
-        if engine.dialect.name == "postgresql":
-            connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
-        else:
-            for table in tables.split(", "):
-                connection.execute(text(f"DELETE FROM {table}"))
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -1,0 +1,182 @@
+"""Decision proofs anyone can verify: a Merkle tree (RFC 9162) over the chain, with signed checkpoints.
+
+Leaf i is the chain entry of sequence i + 1, as `leaf_of` writes it (its kind, id, time, payload hash and
+keyed hashes, in canonical JSON); the payload hash is SHA-256 of the logged row, so a proof ties the row
+to the tree. The tree is kept as its perfect subtrees' hashes (`merkle_nodes`) and extended by the
+periodic anchoring task, which then signs a checkpoint (C2SP tlog-checkpoint in a signed note) with an
+Ed25519 key kept outside the database. A proof file (C2SP tlog-proof, the entry on its `extra` line)
+needs no database and no audit key to verify: only the checkpoint key's public half."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy.engine import Connection, Engine
+
+from cds_service.database import utcnow
+from cds_service.decision_log import chain, merkle
+from cds_service.decision_log.proof import write_proof
+from cds_service.decision_log.signed_note import Signer, sign_checkpoint
+from cds_service.decision_log.tables import LogEntry, TreeCheckpoint, TreeNode
+
+LEAF_PREFIX = b"spine-cds/leaf/v1\n"
+_BATCH = 5000  # entries added to the tree per transaction
+
+
+class NotAnchored(LookupError):
+    """There is no signed checkpoint covering the entry yet, or no such entry."""
+
+
+_NODES = select(TreeNode.level, TreeNode.idx, TreeNode.hash).where(
+    TreeNode.level.in_(bindparam("levels", expanding=True)), TreeNode.idx.in_(bindparam("indexes", expanding=True))
+)
+
+
+class DatabaseNodeStore:
+    """`merkle.NodeStore` on `merkle_nodes`, within the caller's transaction."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def size(self) -> int:
+        last = self.connection.execute(select(func.max(TreeNode.idx)).where(TreeNode.level == 0)).scalar_one()
+        return 0 if last is None else int(last) + 1
+
+    def get_many(self, nodes: Sequence[merkle.NodeId]) -> list[bytes]:
+        if not nodes:
+            return []
+        # one statement of a fixed shape (compiled once): the levels and indexes asked for, as two lists. Their
+        # combinations are a superset of the nodes, read by the primary key and filtered here; a proof asks
+        # for about 2 log2(n) nodes, so the superset stays a few hundred rows at most
+        found: dict[tuple[int, int], bytes] = {}
+        levels = sorted({level for level, _ in nodes})
+        indexes = sorted({idx for _, idx in nodes})
+        for start in range(0, len(indexes), 500):  # bounded IN lists
+            rows = self.connection.execute(_NODES, {"levels": levels, "indexes": indexes[start : start + 500]})
+            found.update({(r.level, r.idx): bytes(r.hash) for r in rows})
+        return [found[node] for node in nodes]
+
+    def put_many(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        if nodes:
+            self.connection.execute(insert(TreeNode), [{"level": lv, "idx": i, "hash": h} for lv, i, h in nodes])
+
+
+class _Snapshot:
+    """Every stored node read at once: for proving many entries, one query instead of one per proof."""
+
+    def __init__(self, connection: Connection) -> None:
+        rows = connection.execute(select(TreeNode.level, TreeNode.idx, TreeNode.hash))
+        self.nodes = {(r.level, r.idx): bytes(r.hash) for r in rows}
+        self._size = sum(1 for level, _ in self.nodes if level == 0)
+
+    def size(self) -> int:
+        return self._size
+
+    def get_many(self, nodes: Sequence[merkle.NodeId]) -> list[bytes]:
+        return [self.nodes[node] for node in nodes]
+
+    def put_many(self, nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        raise TypeError("a snapshot is read only")
+
+
+_SNAPSHOT_FROM = 200  # entries proved in one call from which reading the whole tree once is cheaper
+
+
+def leaf_of(entry: Any) -> bytes:
+    """The leaf bytes of one chain entry (a log_chain row)."""
+    fields = ("seq", "kind", "entry_id", "created_at", "payload_hash", "prev_hash", "entry_hash")
+    return LEAF_PREFIX + chain.canonical({name: getattr(entry, name) for name in fields})
+
+
+@dataclass(frozen=True)
+class SignedCheckpoint:
+    size: int
+    root_hash: str
+    note: str
+
+
+def extend_and_sign(engine: Engine, signer: Signer) -> SignedCheckpoint | None:
+    """Add the chain's new entries to the tree, then sign a checkpoint of it; None when nothing was added.
+
+    Entries purged before the tree reached them cannot be added: the tree then stops there, and the
+    checkpoint covers what it holds."""
+    while True:
+        with engine.begin() as connection:
+            chain.lock(connection)  # one extender at a time, and no entry half-visible
+            store = DatabaseNodeStore(connection)
+            size = store.size()
+            entries = connection.execute(
+                select(LogEntry).where(LogEntry.seq > size).order_by(LogEntry.seq).limit(_BATCH)
+            ).all()
+            contiguous = [e for position, e in enumerate(entries) if e.seq == size + 1 + position]
+            if contiguous:
+                merkle.append_many(store, [leaf_of(e) for e in contiguous])
+            if len(contiguous) < _BATCH:
+                return _sign(connection, store, signer)
+
+
+def _sign(connection: Connection, store: DatabaseNodeStore, signer: Signer) -> SignedCheckpoint | None:
+    size = store.size()
+    if size == 0:
+        return None
+    last = connection.execute(select(func.max(TreeCheckpoint.size))).scalar_one()
+    if last is not None and int(last) >= size:
+        return None
+    root = merkle.root(store, size)
+    note = sign_checkpoint(signer.name, size, root, signer)
+    connection.execute(insert(TreeCheckpoint).values(size=size, created_at=utcnow(), root_hash=root.hex(), note=note))
+    return SignedCheckpoint(size, root.hex(), note)
+
+
+def prove_entry(engine: Engine, kind: str, entry_id: int) -> str:
+    """The proof file of one logged decision, feedback item or access, under the newest signed checkpoint."""
+    return prove_entries(engine, kind, [entry_id])[entry_id]
+
+
+def prove_entries(engine: Engine, kind: str, entry_ids: Sequence[int]) -> dict[int, str]:
+    """The proof files of these entries under the newest signed checkpoint, read in one connection."""
+    with engine.connect() as connection:
+        checkpoint = connection.execute(select(TreeCheckpoint).order_by(TreeCheckpoint.size.desc()).limit(1)).first()
+        store: merkle.NodeStore = (
+            _Snapshot(connection) if len(entry_ids) >= _SNAPSHOT_FROM else DatabaseNodeStore(connection)
+        )
+        if checkpoint is not None and merkle.root(store, checkpoint.size).hex() != checkpoint.root_hash:
+            raise ValueError(f"the stored tree's root at size {checkpoint.size} is not its signed checkpoint's")
+        proofs: dict[int, str] = {}
+        for start in range(0, len(entry_ids), 500):
+            wanted = list(entry_ids[start : start + 500])
+            rows = connection.execute(select(LogEntry).where(LogEntry.kind == kind, LogEntry.entry_id.in_(wanted))).all()
+            entries = {row.entry_id: row for row in rows}
+            for entry_id in wanted:
+                entry = entries.get(entry_id)
+                if entry is None:
+                    raise NotAnchored(f"no {kind} {entry_id} in the log (or it was purged)")
+                if checkpoint is None or checkpoint.size < entry.seq:
+                    raise NotAnchored(f"{kind} {entry_id} is not under a signed checkpoint yet: run `spine-cds audit anchor`")
+                leaf = leaf_of(entry)
+                index = entry.seq - 1
+                path = merkle.inclusion_proof(store, index, checkpoint.size)
+                if store.get_many([(0, index)])[0] != merkle.leaf_hash(leaf):
+                    raise ValueError(f"the tree's leaf {index} is not {kind} {entry_id}'s entry")
+                proofs[entry_id] = write_proof(leaf, index, path, checkpoint.note)
+    return proofs
+
+
+def consistency(engine: Engine, old_size: int) -> dict[str, Any]:
+    """The consistency proof from the checkpoint of `old_size` to the newest, with both signed notes."""
+    with engine.connect() as connection:
+        old = connection.execute(select(TreeCheckpoint).where(TreeCheckpoint.size == old_size)).first()
+        new = connection.execute(select(TreeCheckpoint).order_by(TreeCheckpoint.size.desc()).limit(1)).first()
+        if old is None or new is None:
+            raise NotAnchored(f"no signed checkpoint of size {old_size}")
+        hashes = merkle.consistency_proof(DatabaseNodeStore(connection), old.size, new.size)
+    return {"old": old.note, "new": new.note, "proof": [h.hex() for h in hashes]}
+
+
+def checkpoints(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(TreeCheckpoint).order_by(TreeCheckpoint.size.desc()).limit(limit)).all()
+    return [{"size": r.size, "created_at": r.created_at, "root_hash": r.root_hash} for r in rows]
