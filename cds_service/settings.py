@@ -179,6 +179,8 @@ class Settings(BaseModel):
     # GET /metrics (Prometheus text format) for operators: off unless enabled; with a token, only for
     # "Authorization: Bearer <token>"
     metrics_enabled: bool = False
+    # alert governance: a site's card flagged when it fires on more than this share of its eligible calls
+    governance_warning_share: float = Field(0.25, gt=0, le=1)
     metrics_token: str | None = Field(None, min_length=16)
     # how new auditor passwords are hashed (werkzeug's method string); a stored hash names its own method,
     # so changing this affects only passwords set afterwards. Tests set a cheap one; production keeps scrypt

@@ -33,6 +33,18 @@ OVERRIDE_REASONS: tuple[dict[str, str], ...] = (
     {"system": OVERRIDE_SYSTEM, "code": "not-clinically-relevant", "display": "Not clinically relevant"},
 )
 
+# what each override reason is in the HL7 Non-Adherence Reason categories (CodeSystem
+# http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes, CDS Hooks IG 3.0.0-ballot, ValueSet
+# non-adherence-reason-category), for committees comparing alerts across systems. Each of ours says the spine
+# referral does not apply to this patient: already done, the knee explains the pain, or not relevant. A patient
+# declining has a category of its own there whose code is not confirmed here, so it stays unmapped
+NON_ADHERENCE_SYSTEM = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
+NON_ADHERENCE_CATEGORY: Mapping[str, str] = {
+    "already-evaluated": "cds-not-applicable",
+    "knee-cause-confirmed": "cds-not-applicable",
+    "not-clinically-relevant": "cds-not-applicable",
+}
+
 _CARD_NAMESPACE = uuid.UUID("6f1c2a4e-8f55-4d0e-9a0b-2b1c7d7e5a10")
 _INDICATOR = {"possible": "info", "likely": "warning"}
 _REASON_TYPES = ("Condition", "Observation")  # what ServiceRequest.reasonReference may point to

@@ -19,6 +19,7 @@ from cds_service.auditor.accounts import Auditor, auditor_required
 from cds_service.components import components
 from cds_service.decision_log import export
 from cds_service.decision_log.access import AccessFilters, access_ndjson, list_access
+from cds_service.decision_log.governance import csv_lines, governance
 from cds_service.decision_log.queries import MAX_ID, DecisionFilters, get_decision, list_decisions, page_args, stats
 from cds_service.errors import ApiError
 
@@ -139,6 +140,26 @@ def access_export(auditor: Auditor) -> Response:
     filters = _access_filters()
     _record(auditor, "api.access.export", filters.to_log())
     return _download(access_ndjson(components().engine, filters), "application/fhir+ndjson", "access-log.ndjson")
+
+
+@bp.get("/governance")
+@auditor_only
+def governance_report(auditor: Auditor) -> Response:
+    """Alert governance per site, hook and model version over the chosen period."""
+    filters = _filters()
+    _record(auditor, "api.governance", filters.to_log())
+    parts = components()
+    return jsonify(governance(parts.engine, filters, parts.settings.governance_warning_share))
+
+
+@bp.get("/governance.csv")
+@auditor_only
+def governance_csv(auditor: Auditor) -> Response:
+    filters = _filters()
+    _record(auditor, "api.governance.csv", filters.to_log())
+    parts = components()
+    report = governance(parts.engine, filters, parts.settings.governance_warning_share)
+    return _download(csv_lines(report), "text/csv", "alert-governance.csv")
 
 
 @bp.get("/openapi.json")

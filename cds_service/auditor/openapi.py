@@ -213,6 +213,28 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/audit/api/governance": {
+                "get": {
+                    "operationId": "governance",
+                    "summary": "Alert governance per site (issuer, tenant), hook and model version",
+                    "description": "Calls, eligible calls (answered and assessed), cards and cards per 100 eligible calls, "
+                    "accepted, overridden by reason and by HL7 non-adherence category, snoozed, the weekly trend, and "
+                    "`warning` when the card fires on more than GOVERNANCE_WARNING_SHARE of the eligible calls.",
+                    "parameters": filters,
+                    "responses": {
+                        "200": {"description": "The groups, most calls first.", "content": {"application/json": {"schema": {"type": "object"}}}},
+                        **common,
+                    },
+                }
+            },
+            "/audit/api/governance.csv": {
+                "get": {
+                    "operationId": "governanceCsv",
+                    "summary": "The alert governance figures as CSV, one row per group",
+                    "parameters": filters,
+                    "responses": {"200": {"description": "A header row, then one row per group.", "content": {"text/csv": {"schema": _STRING}}}, **common},
+                }
+            },
             "/audit/api/access": {
                 "get": {
                     "operationId": "listAccess",

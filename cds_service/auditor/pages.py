@@ -38,6 +38,7 @@ from cds_service.auditor.accounts import (
 from cds_service.cds_hooks.refusals import refusal_summary
 from cds_service.components import components
 from cds_service.decision_log.access import AccessFilters, list_access
+from cds_service.decision_log.governance import governance
 from cds_service.decision_log.queries import (
     SORTABLE,
     DecisionFilters,
@@ -452,6 +453,44 @@ def population_jobs(auditor: Auditor) -> Any:
         rows = connection.execute(select(PopulationJob).order_by(PopulationJob.created_at.desc()).limit(200)).mappings().all()
     components().decision_log.record_access(auditor.username, "page.population", {})
     return render_template("audit_population.html", jobs=[job_summary(row) for row in rows], auditor=auditor)
+
+
+GOVERNANCE_FIELDS = ("from", "to", "tenant", "hook")
+
+
+@bp.get("/governance")
+@login_required
+def governance_page(auditor: Auditor) -> Any:
+    """Alert governance: firing rate, acceptance and overrides per site, hook and model version, with the trend."""
+    args = {k: v for k, v in _args().items() if k in GOVERNANCE_FIELDS}
+    if not any(args.values()):
+        args["from"] = (datetime.now(UTC).date() - timedelta(days=DASHBOARD_DAYS - 1)).isoformat()
+    values = {name: args.get(name, "") for name in GOVERNANCE_FIELDS}
+    try:
+        filters = _filters(args)
+    except ApiError as exc:
+        return render_template("audit_governance.html", auditor=auditor, values=values, problem=exc.message, report=None), 400
+    parts = components()
+    report = governance(_engine(), filters, parts.settings.governance_warning_share)
+    parts.decision_log.record_access(auditor.username, "page.governance", filters.to_log())
+    trend_charts = [
+        charts.bar_chart(
+            f"Cards per 100 eligible calls by week: {g['issuer'] or 'no issuer'} {g['tenant']} {g['hook']} {g['model_version']}",
+            [(week["week"], week["cards_per_100_eligible"] or 0.0) for week in g["trend"]],
+            whole=False,
+        )
+        for g in report["groups"]
+        if g["eligible"]
+    ]
+    return render_template(
+        "audit_governance.html",
+        auditor=auditor,
+        values=values,
+        problem=None,
+        report=report,
+        trend_charts=trend_charts,
+        csv_url=_query(args, "audit_api.governance_csv"),
+    )
 
 
 ACCESS_FIELDS = ("from", "to", "auditor", "action", "decision", "patient")

@@ -404,7 +404,7 @@ def test_verify_and_anchor_and_purge_expired(eager_app: dict[str, str], engine_f
     settings = load_settings()
     engine = engine_for(settings.effective_database_url)
     with engine.begin() as connection:  # the module's database is shared: start from an empty log
-        for table in ("checkpoints", "anchors", "verifications", "log_chain", "access_log"):
+        for table in ("checkpoints", "anchors", "verifications", "log_chain", "access_log", "merkle_nodes", "tree_checkpoints"):
             connection.exec_driver_sql(f"DELETE FROM {table}")
     # the two oldest entries were written before the retention period
     old = datetime.now(UTC) - timedelta(days=settings.retention_days + 1)
@@ -415,10 +415,11 @@ def test_verify_and_anchor_and_purge_expired(eager_app: dict[str, str], engine_f
     anchors = settings.effective_anchor_path
 
     first = tasks.verify_and_anchor.delay().get()
-    assert first == {"ok": True, "entries": 3, "anchored": 3}
+    assert first == {"ok": True, "entries": 3, "anchored": 3, "checkpoint": 3}  # the tree of 3 entries, signed
     lines = anchors.read_bytes().splitlines()
     assert len(lines) == 1 and orjson.loads(lines[0])["seq"] == 3
-    assert tasks.verify_and_anchor.delay().get() == {"ok": True, "entries": 3, "anchored": None}  # head already anchored
+    again = tasks.verify_and_anchor.delay().get()
+    assert again == {"ok": True, "entries": 3, "anchored": None, "checkpoint": None}  # head already anchored and signed
     assert len(anchors.read_bytes().splitlines()) == 1
     with engine.connect() as connection:
         verifications = connection.execute(Verification.__table__.select().order_by(Verification.id)).all()
@@ -439,7 +440,7 @@ def test_purge_expired_deletes_nothing_from_a_backdated_log(
     settings = load_settings()
     engine = engine_for(settings.effective_database_url)
     with engine.begin() as connection:
-        for table in ("checkpoints", "anchors", "verifications", "log_chain", "access_log"):
+        for table in ("checkpoints", "anchors", "verifications", "log_chain", "access_log", "merkle_nodes", "tree_checkpoints"):
             connection.exec_driver_sql(f"DELETE FROM {table}")
     log = DecisionLog(engine, b"pseudonym-key", audit_key(settings))
     for n in range(3):

@@ -154,3 +154,39 @@ def test_a_wrong_password_is_refused_and_an_ehr_jwt_opens_nothing(driver: WebDri
         wait(driver).until(ec.presence_of_element_located((By.ID, "username")))
         assert path_of(driver) == "/audit/login", path
         assert not driver.find_elements(By.ID, "decisions") and not driver.find_elements(By.CSS_SELECTOR, "svg")
+
+
+def test_an_auditor_reads_why_the_governance_figures_and_the_access_log(driver: WebDriver, audit_log: AuditLog) -> None:
+    base = audit_log.running.base_url
+    driver.get(base + "/audit/login")
+    submit_login(driver, audit_log.username, audit_log.password)
+    wait(driver).until(ec.presence_of_element_located((By.ID, "integrity-badge")))
+    assert driver.find_element(By.ID, "refused-calls").is_displayed()
+
+    # why a decision came out as it did, and its proof offered for download
+    child = audit_log.calls["child"]
+    driver.get(f"{base}/audit/decisions/{child.id}")
+    why = wait(driver).until(ec.visibility_of_element_located((By.ID, "decision-reason")))
+    assert why.text.startswith("not-eligible") and "outside the model" in why.text
+    assert (driver.find_element(By.ID, "proof-download").get_attribute("href") or "").endswith(f"/audit/decisions/{child.id}/proof")
+
+    # the committee's view: one row per site, hook and model version, the frequent ones flagged, a trend drawn
+    driver.find_element(By.LINK_TEXT, "Governance").click()
+    wait(driver).until(ec.presence_of_element_located((By.ID, "governance-groups")))
+    driver.find_element(By.ID, "g-tenant").send_keys(audit_log.south)
+    driver.find_element(By.ID, "apply-governance").click()
+    wait(driver).until(ec.url_contains(f"tenant={audit_log.south}"))
+    rows = driver.find_elements(By.CSS_SELECTOR, "tr.governance-row")
+    assert len(rows) == 2
+    assert len(driver.find_elements(By.CSS_SELECTOR, "tr.governance-row.warning")) == 1  # the order-sign card
+    charts = driver.find_elements(By.CSS_SELECTOR, '#trend-heading ~ figure svg[role="img"]')
+    assert charts and all(svg.size["width"] > 100 for svg in charts)
+
+    # the access log: this auditor's opening of the child's decision, found by decision id
+    driver.find_element(By.LINK_TEXT, "Access log").click()
+    wait(driver).until(ec.presence_of_element_located((By.ID, "a-decision")))
+    driver.find_element(By.ID, "a-decision").send_keys(str(child.id))
+    driver.find_element(By.ID, "apply-access-filters").click()
+    wait(driver).until(ec.url_contains(f"decision={child.id}"))
+    entries = driver.find_elements(By.CSS_SELECTOR, "tr.access-row")
+    assert entries and all(audit_log.username in row.text and "page.view" in row.text for row in entries)
