@@ -101,6 +101,54 @@ def audit_verify_proof(path: Path, public_key: str) -> None:
     )
 
 
+@audit.command("consistency")
+@click.argument("old_size", type=int)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write it here (default: stdout).")
+def audit_consistency(old_size: int, out: Path | None) -> None:
+    """Write the consistency proof from the signed checkpoint of OLD_SIZE entries to the newest (JSON)."""
+    from cds_service.decision_log.transparency import NotAnchored, consistency
+
+    with open_runtime(migrate=False) as runtime:
+        try:
+            found = consistency(runtime.engine, old_size)
+        except NotAnchored as exc:
+            raise click.ClickException(str(exc)) from None
+    document = json.dumps({"old": found["old"], "new": found["new"], "proof": found["proof"]}, indent=2) + "\n"
+    if out is None:
+        click.echo(document, nl=False)
+    else:
+        out.write_text(document, encoding="utf-8")
+
+
+@audit.command("verify-consistency")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--public-key", "public_key", required=True, help="The verifier key (name+id+key), or a file holding it.")
+@click.option(
+    "--old",
+    "old_note",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The checkpoint you kept earlier: the proof must start from exactly it.",
+)
+def audit_verify_consistency(path: Path, public_key: str, old_note: Path | None) -> None:
+    """Check offline that the newer checkpoint's log extends the older one's (it only grew); exit 1 otherwise."""
+    from cds_service.decision_log.proof import ProofVerificationError, verify_extension
+    from cds_service.decision_log.signed_note import KeyFormatError, parse_verifier_key
+
+    key_text = Path(public_key).read_text(encoding="utf-8").strip() if Path(public_key).is_file() else public_key.strip()
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if old_note is not None and old_note.read_text(encoding="utf-8") != document["old"]:
+            raise ProofVerificationError("the proof does not start from the checkpoint you kept")
+        old, new = verify_extension(
+            document["old"], document["new"], [bytes.fromhex(h) for h in document["proof"]], parse_verifier_key(key_text)
+        )
+    except (KeyFormatError, ProofVerificationError, ValueError, KeyError, TypeError) as exc:
+        click.echo(f"NOT VERIFIED: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"verified: {new.origin}'s log of {new.size} entries extends its log of {old.size} entries")
+
+
 @audit.command("purge")
 @click.option(
     "--before", type=click.DateTime(formats=["%Y-%m-%d"]), default=None, help="Default: now minus the retention period."

@@ -157,6 +157,33 @@ def test_the_cli_proves_and_verifies_a_decision_with_the_public_key_only(
     assert refused.exit_code == 1 and "NOT VERIFIED" in refused.output
 
 
+def test_the_cli_shows_the_log_only_grew_between_two_checkpoints(
+    log: DecisionLog, engine: Engine, tmp_path: Path, database_url: str
+) -> None:
+    env = cli_env(database_url, tmp_path)
+    _append(log, 12)
+    assert CliRunner().invoke(main, ["audit", "anchor"], env=env).exit_code == 0
+    kept = tmp_path / "checkpoint-12.txt"  # what an outside auditor saved at the time
+    with engine.connect() as connection:
+        kept.write_text(connection.execute(text("SELECT note FROM tree_checkpoints WHERE size = 12")).scalar_one())
+    _append(log, 9, start=100)
+    assert CliRunner().invoke(main, ["audit", "anchor"], env=env).exit_code == 0
+    key = CliRunner().invoke(main, ["audit", "public-key"], env=env).output.strip()
+    proof = tmp_path / "grew.json"
+    assert CliRunner().invoke(main, ["audit", "consistency", "12", "--out", str(proof)], env=env).exit_code == 0
+
+    checked = CliRunner().invoke(main, ["audit", "verify-consistency", str(proof), "--public-key", key, "--old", str(kept)], env={})
+    assert checked.exit_code == 0, checked.output
+    assert "log of 21 entries extends its log of 12 entries" in checked.output
+    document = json.loads(proof.read_text())
+    document["proof"][0] = "00" * 32
+    proof.write_text(json.dumps(document))
+    refused = CliRunner().invoke(main, ["audit", "verify-consistency", str(proof), "--public-key", key], env={})
+    assert refused.exit_code == 1 and "does not extend" in refused.output
+    unknown = CliRunner().invoke(main, ["audit", "consistency", "5"], env=env)
+    assert unknown.exit_code == 1 and "no signed checkpoint of size 5" in unknown.output
+
+
 def test_the_script_in_the_documentation_verifies_proofs(log: DecisionLog, engine: Engine, signer: Signer, tmp_path: Path) -> None:
     """docs/audit-log.md gives auditors a script (standard library and `cryptography` only); it is the one tested here."""
     document = (ROOT / "docs" / "audit-log.md").read_text(encoding="utf-8")
