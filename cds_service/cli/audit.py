@@ -51,6 +51,12 @@ def audit_anchor() -> None:
         click.echo(f"signed the checkpoint of the tree's {signed.size} entries (root {signed.root_hash})")
 
 
+def _key_text(public_key: str) -> str:
+    """A --public-key value: the verifier key itself, or a file holding it."""
+    path = Path(public_key)
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else public_key.strip()
+
+
 @audit.command("public-key")
 def audit_public_key() -> None:
     """Print the verifier key of the checkpoint signing key, for outside auditors to verify proofs with."""
@@ -87,9 +93,8 @@ def audit_verify_proof(path: Path, public_key: str) -> None:
     from cds_service.decision_log.signed_note import KeyFormatError, parse_verifier_key
     from cds_service.decision_log.transparency import LEAF_PREFIX
 
-    key_text = Path(public_key).read_text(encoding="utf-8").strip() if Path(public_key).is_file() else public_key.strip()
     try:
-        verifier = parse_verifier_key(key_text)
+        verifier = parse_verifier_key(_key_text(public_key))
         verified = verify_proof(path.read_bytes(), verifier)
     except (KeyFormatError, ProofVerificationError) as exc:
         click.echo(f"NOT VERIFIED: {exc}", err=True)
@@ -135,13 +140,12 @@ def audit_verify_consistency(path: Path, public_key: str, old_note: Path | None)
     from cds_service.decision_log.proof import ProofVerificationError, verify_extension
     from cds_service.decision_log.signed_note import KeyFormatError, parse_verifier_key
 
-    key_text = Path(public_key).read_text(encoding="utf-8").strip() if Path(public_key).is_file() else public_key.strip()
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
         if old_note is not None and old_note.read_text(encoding="utf-8") != document["old"]:
             raise ProofVerificationError("the proof does not start from the checkpoint you kept")
         old, new = verify_extension(
-            document["old"], document["new"], [bytes.fromhex(h) for h in document["proof"]], parse_verifier_key(key_text)
+            document["old"], document["new"], [bytes.fromhex(h) for h in document["proof"]], parse_verifier_key(_key_text(public_key))
         )
     except (KeyFormatError, ProofVerificationError, ValueError, KeyError, TypeError) as exc:
         click.echo(f"NOT VERIFIED: {exc}", err=True)
