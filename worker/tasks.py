@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from cds_service.decision_log.chain import PurgeRefused, anchor, purge, verify_and_record
-from cds_service.decision_log.transparency import extend_and_sign
+from cds_service.decision_log.transparency import extend_and_sign, tree_problem
 from cds_service.runtime import Runtime
 from cds_service.settings import Settings, load_settings
 from worker import population
@@ -190,6 +190,10 @@ def verify_and_anchor() -> dict[str, Any]:
     if not report.ok:
         log.error("decision log verification failed: %s", report.problem)
         return {"ok": False, "problem": str(report.problem)}
+    tree = tree_problem(ctx.engine)
+    if tree is not None:
+        log.error("decision log verification failed: %s", tree)
+        return {"ok": False, "problem": tree}
     record = anchor(ctx.engine, ctx.audit_key, ctx.anchors)
     signed = extend_and_sign(ctx.engine, ctx.checkpoint_signer)  # the Merkle tree and its signed checkpoint
     return {

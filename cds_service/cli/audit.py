@@ -19,11 +19,16 @@ def audit() -> None:
 
 @audit.command("verify")
 def audit_verify() -> None:
-    """Walk the chain, the rows and the anchors; exit 0 when intact, 1 naming the first broken entry."""
+    """Walk the chain, the rows, the anchors and the Merkle tree; exit 0 when intact, 1 naming the first broken entry."""
     from cds_service.decision_log.chain import verify_and_record
+    from cds_service.decision_log.transparency import tree_problem
 
     with open_runtime(migrate=True) as runtime:  # the verification is recorded in the database
         report = verify_and_record(runtime.engine, runtime.audit_key, runtime.anchors)
+        tree = tree_problem(runtime.engine) if report.ok else None
+    if tree is not None:
+        click.echo(f"BROKEN: {tree}", err=True)
+        sys.exit(1)
     if report.ok:
         since = f" (after the retention checkpoint at entry {report.checkpoint_seq})" if report.checkpoint_seq else ""
         click.echo(

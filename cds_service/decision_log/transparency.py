@@ -131,6 +131,32 @@ def _sign(connection: Connection, store: DatabaseNodeStore, signer: Signer) -> S
     return SignedCheckpoint(size, root.hex(), note)
 
 
+def tree_problem(engine: Engine, batch: int = _BATCH) -> str | None:
+    """Whether the chain's entries are still the tree's leaves: an entry rewritten after the tree took it in
+    (even with the audit key, its row and hashes made to agree) no longer matches; None when all match."""
+    with engine.connect() as connection:
+        size = DatabaseNodeStore(connection).size()
+        last = 0
+        while last < size:
+            entries = connection.execute(
+                select(LogEntry).where(LogEntry.seq > last, LogEntry.seq <= size).order_by(LogEntry.seq).limit(batch)
+            ).all()
+            if not entries:
+                return None  # the rest was purged after the tree took it in
+            leaves = dict(
+                connection.execute(
+                    select(TreeNode.idx, TreeNode.hash).where(
+                        TreeNode.level == 0, TreeNode.idx.in_([e.seq - 1 for e in entries])
+                    )
+                ).all()
+            )
+            for entry in entries:
+                if bytes(leaves.get(entry.seq - 1, b"")) != merkle.leaf_hash(leaf_of(entry)):
+                    return f"entry {entry.seq} ({entry.kind} {entry.entry_id}) differs from the Merkle tree's leaf: it changed after it was anchored"
+            last = entries[-1].seq
+    return None
+
+
 def prove_entry(engine: Engine, kind: str, entry_id: int) -> str:
     """The proof file of one logged decision, feedback item or access, under the newest signed checkpoint."""
     return prove_entries(engine, kind, [entry_id])[entry_id]

@@ -100,3 +100,13 @@ def test_serve_counts_every_workers_calls(tmp_path: Path) -> None:
         scraped = samples(client.get("/metrics").text)
     assert value(scraped, "spine_cds_hook_calls_total", service="spine-knee-patient-view", status="200") == 20
     assert value(scraped, "spine_cds_log_appends_total", kind="decision") == 20
+
+
+def test_metrics_count_the_same_on_postgresql(service_factory: Callable[..., RunningService], postgres_url: str) -> None:
+    running = service_factory(metrics_enabled=True, database_url=postgres_url)
+    resources = generate("radiculopathy-knee-pain", today=TODAY)
+    for _ in range(3):
+        assert running.post(VIEW, patient_view_of(resources)).status_code == 200
+    scraped = samples(running.client.get("/metrics").text)
+    assert value(scraped, "spine_cds_hook_calls_total", service="spine-knee-patient-view", status="200") == 3
+    assert value(scraped, "spine_cds_log_appends_total", kind="decision") == 3

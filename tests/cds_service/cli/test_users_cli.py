@@ -86,8 +86,8 @@ def test_an_unknown_role_is_an_error_before_the_password_is_asked(tmp_path: Path
     assert "Password" not in result.output
 
 
-def users(instance: Path, *args: str, stdin: str | None = None) -> Result:
-    env = {"SPINE_CDS_INSTANCE_PATH": str(instance), "SPINE_CDS_DATABASE_URL": None, "SPINE_CDS_PASSWORD_HASH": CHEAP_PASSWORD_HASH}
+def users(instance: Path, *args: str, stdin: str | None = None, database_url: str | None = None) -> Result:
+    env = {"SPINE_CDS_INSTANCE_PATH": str(instance), "SPINE_CDS_DATABASE_URL": database_url, "SPINE_CDS_PASSWORD_HASH": CHEAP_PASSWORD_HASH}
     return CliRunner().invoke(main, ["users", *args], input=stdin, env=env)
 
 
@@ -151,3 +151,21 @@ def test_changing_an_unknown_user_is_an_error_and_logs_nothing(tmp_path: Path) -
     short = users(instance, "set-password", "heidi", "--password-stdin", stdin="short\n")
     assert short.exit_code == 1 and "at least 12 characters" in short.output
     assert [action for _, action, _ in access_log(instance)] == ["users.add"]
+
+
+def test_account_changes_on_postgresql_are_logged_and_chained(tmp_path: Path, postgres_url: str) -> None:
+    """The same commands against PostgreSQL (shared by the session: names unique to this test)."""
+    name = f"pg-auditor-{tmp_path.name[-12:]}"
+    instance = tmp_path / "instance"
+    assert users(instance, "add", name, "--password-stdin", stdin=f"{PASSWORD}\n", database_url=postgres_url).exit_code == 0
+    assert re.search(rf"{re.escape(name)}\s+auditor\s+active", users(instance, "list", database_url=postgres_url).output)
+    assert users(instance, "disable", name, database_url=postgres_url).exit_code == 0
+    assert re.search(rf"{re.escape(name)}\s+auditor\s+disabled", users(instance, "list", database_url=postgres_url).output)
+    assert users(instance, "remove", name, "--yes", database_url=postgres_url).exit_code == 0
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(select(AccessRecord.action, AccessRecord.details).order_by(AccessRecord.id)).all()
+    finally:
+        engine.dispose()
+    assert [r.action for r in rows if r.details.get("user") == name] == ["users.add", "users.disable", "users.remove"]

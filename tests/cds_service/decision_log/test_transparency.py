@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.engine import Engine
 
 from cds_service.cli import main
@@ -30,6 +30,7 @@ from cds_service.decision_log.transparency import (
     extend_and_sign,
     prove_entries,
     prove_entry,
+    tree_problem,
 )
 from cds_service.decision_log.writer import DecisionLog
 from tests.cds_service.audit_log import AuditLog
@@ -182,6 +183,35 @@ def test_the_cli_shows_the_log_only_grew_between_two_checkpoints(
     assert refused.exit_code == 1 and "does not extend" in refused.output
     unknown = CliRunner().invoke(main, ["audit", "consistency", "5"], env=env)
     assert unknown.exit_code == 1 and "no signed checkpoint of size 5" in unknown.output
+
+
+def test_an_entry_rewritten_with_the_audit_key_after_the_tree_took_it_is_caught(
+    log: DecisionLog, engine: Engine, tmp_path: Path, database_url: str
+) -> None:
+    """Someone holding the audit key rewrites the newest decision and its chain entry so that the chain verifies:
+    the Merkle tree, extended before, still holds the old entry."""
+    env = cli_env(database_url, tmp_path)
+    ids = _append(log, 6)
+    assert CliRunner().invoke(main, ["audit", "anchor"], env=env).exit_code == 0
+    _append(log, 1, start=7)
+    extend_and_sign(engine, Signer.from_pem((tmp_path / "instance" / "checkpoint-key.pem").read_bytes(), ORIGIN))
+    assert tree_problem(engine) is None
+    newest = ids[-1] + 1
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE decisions SET band = 'unlikely' WHERE id = :id"), {"id": newest})
+        row = chain.row_of(connection, "decision", newest)
+        assert row is not None
+        entry = connection.execute(select(LogEntry).where(LogEntry.kind == "decision", LogEntry.entry_id == newest)).one()
+        seq, payload = entry.seq, chain.payload_hash(row)
+        rehashed = chain.entry_hash(KEY, "decision", newest, payload, entry.prev_hash, entry.created_at)
+        connection.execute(
+            text("UPDATE log_chain SET payload_hash = :p, entry_hash = :h WHERE seq = :s"), {"p": payload, "h": rehashed, "s": seq}
+        )
+    assert chain.verify(engine, KEY).ok  # the chain alone cannot tell
+    problem = tree_problem(engine)
+    assert problem is not None and f"entry {seq} (decision {newest})" in problem
+    verified = CliRunner().invoke(main, ["audit", "verify"], env=env)
+    assert verified.exit_code == 1 and "differs from the Merkle tree's leaf" in verified.output
 
 
 def test_the_script_in_the_documentation_verifies_proofs(log: DecisionLog, engine: Engine, signer: Signer, tmp_path: Path) -> None:
