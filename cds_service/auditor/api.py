@@ -21,6 +21,7 @@ from cds_service.decision_log import export
 from cds_service.decision_log.access import AccessFilters, access_ndjson, list_access
 from cds_service.decision_log.governance import csv_lines, governance
 from cds_service.decision_log.queries import MAX_ID, DecisionFilters, get_decision, list_decisions, page_args, stats
+from cds_service.decision_log.transparency import NotAnchored, checkpoints, consistency, prove_entry
 from cds_service.errors import ApiError
 
 bp = Blueprint("audit_api", __name__, url_prefix="/audit/api")
@@ -140,6 +141,43 @@ def access_export(auditor: Auditor) -> Response:
     filters = _access_filters()
     _record(auditor, "api.access.export", filters.to_log())
     return _download(access_ndjson(components().engine, filters), "application/fhir+ndjson", "access-log.ndjson")
+
+
+@bp.get("/decisions/<int:decision_id>/proof")
+@auditor_only
+def decision_proof(decision_id: int, auditor: Auditor) -> Response:
+    """The decision's inclusion proof under the newest signed checkpoint (C2SP tlog-proof)."""
+    if not 1 <= decision_id <= MAX_ID:
+        raise ApiError(404, "not_found", "No such decision: ids run from 1 to 2147483647.")
+    _record(auditor, "api.proof", {"decision_id": decision_id})
+    try:
+        text = prove_entry(components().engine, "decision", decision_id)
+    except NotAnchored as exc:
+        raise ApiError(404, "not_anchored", f"{exc}.") from None
+    return Response(text, mimetype="text/plain")
+
+
+@bp.get("/checkpoints")
+@auditor_only
+def signed_checkpoints(auditor: Auditor) -> Response:
+    """The signed checkpoints of the Merkle tree, newest first, with the log's verifier key."""
+    _record(auditor, "api.checkpoints", {})
+    parts = components()
+    return jsonify({"verifier_key": parts.runtime.checkpoint_signer.verifier_key, "items": checkpoints(parts.engine)})
+
+
+@bp.get("/consistency")
+@auditor_only
+def consistency_proof(auditor: Auditor) -> Response:
+    """The consistency proof from the checkpoint of `from` entries to the newest, with both signed notes."""
+    raw = request.args.get("from", "")
+    if set(request.args) - {"from"} or not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
+        raise ApiError(400, "invalid_filter", "'from' (a signed checkpoint's tree size) is the only parameter.")
+    _record(auditor, "api.consistency", {"from": int(raw)})
+    try:
+        return jsonify(consistency(components().engine, int(raw)))
+    except NotAnchored as exc:
+        raise ApiError(404, "not_anchored", f"{exc}.") from None
 
 
 @bp.get("/governance")

@@ -213,6 +213,48 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/audit/api/decisions/{decision_id}/proof": {
+                "get": {
+                    "operationId": "decisionProof",
+                    "summary": "The decision's inclusion proof under the newest signed checkpoint (c2sp.org/tlog-proof)",
+                    "description": "Verifiable offline with the log's verifier key only: `spine-cds audit verify-proof`, "
+                    "or the script in docs/audit-log.md.",
+                    "parameters": [
+                        {"name": "decision_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
+                    ],
+                    "responses": {
+                        "200": {"description": "The proof file.", "content": {"text/plain": {"schema": _STRING}}},
+                        "404": _error("No such decision, or it is not under a signed checkpoint yet."),
+                        "401": _UNAUTHORIZED,
+                        "429": _TOO_MANY_ATTEMPTS,
+                    },
+                }
+            },
+            "/audit/api/checkpoints": {
+                "get": {
+                    "operationId": "listCheckpoints",
+                    "summary": "The Merkle tree's signed checkpoints (C2SP signed notes), newest first, and the verifier key",
+                    "responses": {
+                        "200": {"description": "`verifier_key` and `items` (size, created_at, root_hash, note).", "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "401": _UNAUTHORIZED,
+                        "429": _TOO_MANY_ATTEMPTS,
+                    },
+                }
+            },
+            "/audit/api/consistency": {
+                "get": {
+                    "operationId": "consistencyProof",
+                    "summary": "The proof that the log only grew from the checkpoint of `from` entries to the newest (RFC 9162 2.1.4)",
+                    "parameters": [_query("from", "The tree size of a signed checkpoint you kept.", 1, {"type": "integer", "minimum": 1})],
+                    "responses": {
+                        "200": {"description": "`old` and `new` signed notes and `proof` (hex hashes).", "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "400": _error("`from` is missing or not a whole number."),
+                        "404": _error("No signed checkpoint of that size."),
+                        "401": _UNAUTHORIZED,
+                        "429": _TOO_MANY_ATTEMPTS,
+                    },
+                }
+            },
             "/audit/api/governance": {
                 "get": {
                     "operationId": "governance",

@@ -40,6 +40,7 @@ from cds_service.components import components
 from cds_service.decision_log.access import AccessFilters, list_access
 from cds_service.decision_log.governance import governance
 from cds_service.decision_log.queries import (
+    MAX_ID,
     SORTABLE,
     DecisionFilters,
     get_decision,
@@ -399,6 +400,8 @@ def _audit_url(value: Any) -> str | None:
 @login_required
 def decision_proof(decision_id: int, auditor: Auditor) -> Any:
     """The decision's inclusion proof under the newest signed checkpoint (C2SP tlog-proof), as a download."""
+    if not 1 <= decision_id <= MAX_ID:
+        raise ApiError(404, "not_found", f"There is no decision {decision_id}.")
     components().decision_log.record_access(auditor.username, "page.proof", {"decision_id": decision_id})
     try:
         text = prove_entry(_engine(), "decision", decision_id)

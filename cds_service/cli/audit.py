@@ -73,20 +73,27 @@ def audit_public_key() -> None:
 @audit.command("prove")
 @click.argument("decision_id", type=int)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the proof here (default: stdout).")
-def audit_prove(decision_id: int, out: Path | None) -> None:
-    """Write a self-contained proof that DECISION_ID is in the log under the newest signed checkpoint."""
+@click.option(
+    "--kind",
+    type=click.Choice(["decision", "feedback", "access"]),
+    default="decision",
+    show_default=True,
+    help="What the id names: a decision, a feedback item or an access-log entry.",
+)
+def audit_prove(decision_id: int, out: Path | None, kind: str) -> None:
+    """Write a self-contained proof that DECISION_ID (or a feedback or access entry) is in the log under the newest signed checkpoint."""
     from cds_service.decision_log.transparency import NotAnchored, prove_entry
 
     with open_runtime(migrate=False) as runtime:
         try:
-            text = prove_entry(runtime.engine, "decision", decision_id)
+            text = prove_entry(runtime.engine, kind, decision_id)
         except NotAnchored as exc:
             raise click.ClickException(str(exc)) from None
     if out is None:
         click.echo(text, nl=False)
     else:
         out.write_text(text, encoding="utf-8")
-        click.echo(f"wrote the proof of decision {decision_id} to {out}", err=True)
+        click.echo(f"wrote the proof of {kind} {decision_id} to {out}", err=True)
 
 
 @audit.command("verify-proof")

@@ -203,6 +203,7 @@ def consistency(engine: Engine, old_size: int) -> dict[str, Any]:
 
 
 def checkpoints(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest signed checkpoints: what an outside auditor keeps, to check later that the log only grew."""
     with engine.connect() as connection:
         rows = connection.execute(select(TreeCheckpoint).order_by(TreeCheckpoint.size.desc()).limit(limit)).all()
-    return [{"size": r.size, "created_at": r.created_at, "root_hash": r.root_hash} for r in rows]
+    return [{"size": r.size, "created_at": r.created_at.isoformat(), "root_hash": r.root_hash, "note": r.note} for r in rows]

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from cds_service.decision_log.transparency import checkpoints, extend_and_sign
 from tests.cds_service.audit_log import BEFORE_MIDDLE, FORMULA_USER, PATIENT_MASK, AuditLog
 from tests.support import error_of
 
@@ -531,7 +532,7 @@ def test_the_openapi_document_is_valid_openapi_3_1(audit_log: AuditLog) -> None:
 def test_the_openapi_document_describes_every_route(audit_log: AuditLog) -> None:
     document = openapi(audit_log)
     routes = api_routes(audit_log)
-    assert len(routes) == 10
+    assert len(routes) == 13
     assert {path: set(operations) for path, operations in document["paths"].items()} == routes
 
 
@@ -550,6 +551,10 @@ def test_the_openapi_document_has_the_error_schema(audit_log: AuditLog) -> None:
 
 def test_every_documented_parameter_is_accepted(audit_log: AuditLog) -> None:
     document = openapi(audit_log)
+    parts = audit_log.running.app.extensions["spine_cds"]
+    signed = extend_and_sign(parts.engine, parts.runtime.checkpoint_signer)  # so the proofs can be given
+    size = signed.size if signed else checkpoints(parts.engine)[0]["size"]
+    required = {"/audit/api/consistency": {"from": size}}
     checked = 0
     for path, operations in document["paths"].items():
         for operation in operations.values():
@@ -558,13 +563,14 @@ def test_every_documented_parameter_is_accepted(audit_log: AuditLog) -> None:
             for parameter in parameters:
                 if parameter["in"] == "path":
                     continue
-                response = audit_log.get(url, {parameter["name"]: parameter["example"]})
+                example = size if url in required and parameter["name"] == "from" else parameter["example"]
+                response = audit_log.get(url, {**required.get(url, {}), parameter["name"]: example})
                 assert response.status_code == 200, (path, parameter["name"], response.text)
                 checked += 1
-            assert audit_log.get(url).status_code == 200, path
+            assert audit_log.get(url, required.get(url)).status_code == 200, path
     # the search takes 10 filters and 3 paging parameters, stats and exports 10 filters; the access log's search
-    # 6 filters and 2 paging parameters, its export 6 filters; governance and its CSV 10 filters each
-    assert checked == 13 + 3 * 10 + 8 + 6 + 2 * 10
+    # 6 filters and 2 paging parameters, its export 6 filters; governance and its CSV 10 filters each; the consistency proof its `from`
+    assert checked == 13 + 3 * 10 + 8 + 6 + 2 * 10 + 1
 
 
 # -- on each database ------------------------------------------------------------------------------

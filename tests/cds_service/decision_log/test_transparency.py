@@ -34,7 +34,7 @@ from cds_service.decision_log.transparency import (
 )
 from cds_service.decision_log.writer import DecisionLog
 from tests.cds_service.audit_log import AuditLog
-from tests.cds_service.decision_log.test_chain import KEY, cli_env, decision
+from tests.cds_service.decision_log.test_chain import KEY, cli_env, decision, feedback_for
 
 ROOT = Path(__file__).resolve().parents[3]
 ORIGIN = "cds.example.org/decision-log"
@@ -284,3 +284,29 @@ def test_the_decision_page_offers_the_proof_for_download(audit_log: AuditLog) ->
     audit_log.assert_no_patient_id(download.text)
     assert any(e["action"] == "page.proof" for e in audit_log.access_log())
     assert audit_log.get("/audit/decisions/2147483000/proof").status_code == 404
+
+
+def test_the_api_gives_checkpoints_proofs_and_consistency_to_an_auditor(audit_log: AuditLog) -> None:
+    parts = audit_log.running.app.extensions["spine_cds"]
+    extend_and_sign(parts.engine, parts.runtime.checkpoint_signer)
+    listed = audit_log.get("/audit/api/checkpoints").json()
+    key, newest = listed["verifier_key"], listed["items"][0]
+    likely = audit_log.calls["likely"]
+    proof = audit_log.get(f"/audit/api/decisions/{likely.id}/proof")
+    assert proof.status_code == 200 and verify_proof(proof.text, key).tree_size == newest["size"]
+    grown = audit_log.get("/audit/api/consistency", {"from": newest["size"]}).json()
+    verify_extension(newest["note"], grown["new"], [bytes.fromhex(h) for h in grown["proof"]], key)
+    assert audit_log.get("/audit/api/consistency", {"from": "x"}).status_code == 400
+    assert audit_log.get("/audit/api/decisions/2147483000/proof").status_code == 404
+    actions = {e["action"] for e in audit_log.access_log()}
+    assert {"api.checkpoints", "api.proof", "api.consistency"} <= actions
+
+
+def test_a_feedback_item_proves_too(log: DecisionLog, engine: Engine, signer: Signer) -> None:
+    logged = log.append(decision(1))
+    assert log.add_feedback(feedback_for(logged))
+    extend_and_sign(engine, signer)
+    with engine.connect() as connection:
+        feedback_id = connection.execute(text("SELECT id FROM feedback")).scalar_one()
+    verified = verify_proof(prove_entry(engine, "feedback", feedback_id), signer.verifier)
+    assert json.loads(verified.entry.removeprefix(LEAF_PREFIX))["kind"] == "feedback"
