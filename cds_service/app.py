@@ -85,9 +85,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     model = runtime.model
     metrics = Metrics(engine) if settings.metrics_enabled else None
     fetcher = PrefetchFetcher.from_settings(settings)
+    refusals = RefusalCounter(engine, settings.trusted_issuers)
     if metrics is not None:
         fetcher.fetched = lambda outcome: metrics.fetches.labels(outcome).inc()
         runtime.decision_log.appended = metrics.appended
+        refusals.counted = lambda reason_code: metrics.refused.labels(reason_code).inc()
     hooks = HookPipeline(
         model,
         fetcher,
@@ -103,8 +105,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         hooks=hooks,
         feedback=FeedbackPipeline(runtime.decision_log, settings.max_feedback_items),
         login_throttle=LoginThrottle(attempts, settings.login_max_failures, settings.login_lockout_seconds),
-        refusals=RefusalCounter(engine, settings.trusted_issuers),
-        metrics=metrics,
+        refusals=refusals,
         redis=redis_client,
     )
     register_error_handlers(app)

@@ -13,7 +13,6 @@ from cds_service.cds_hooks.auth import Authenticator
 from cds_service.cds_hooks.pipeline import FeedbackPipeline, HookPipeline
 from cds_service.cds_hooks.refusals import RefusalCounter
 from cds_service.decision_log.writer import DecisionLog
-from cds_service.metrics import Metrics
 from cds_service.runtime import Runtime
 from cds_service.settings import Settings
 from hooks.model import Model
@@ -29,7 +28,6 @@ class Components:
     feedback: FeedbackPipeline
     login_throttle: LoginThrottle
     refusals: RefusalCounter
-    metrics: Metrics | None
     redis: Any | None
 
     @property

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
+from pathlib import Path
 
 from cds_service.decision_log.signed_note import Signer, load_signer
 from cds_service.settings import Settings
@@ -21,19 +23,25 @@ def instance_secret(settings: Settings, configured: str | None, name: str) -> by
     if configured:
         return configured.encode()
     path = settings.instance_path / name
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
-        descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_hex(32))
-        try:
-            os.link(scratch, path)
-        except FileExistsError:
-            pass
-        finally:
-            scratch.unlink()
+    _write_once(path, lambda: secrets.token_hex(32).encode())
     return path.read_text().strip().encode()
+
+
+def _write_once(path: Path, content: Callable[[], bytes]) -> None:
+    """Create `path` (mode 0600) with `content()` unless it exists; of several processes, the first wins."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(content())
+    try:
+        os.link(scratch, path)
+    except FileExistsError:
+        pass
+    finally:
+        scratch.unlink()
 
 
 def pseudonym_key(settings: Settings) -> bytes:
@@ -51,16 +59,5 @@ def checkpoint_signer(settings: Settings) -> Signer:
     if settings.checkpoint_key_path is not None:
         return load_signer(settings.checkpoint_key_path, origin)
     path = settings.instance_path / "checkpoint-key.pem"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-        descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(Signer.generate(origin).private_key_pem())
-        try:
-            os.link(scratch, path)  # the first of several starting workers wins; the rest read its key
-        except FileExistsError:
-            pass
-        finally:
-            scratch.unlink()
+    _write_once(path, lambda: Signer.generate(origin).private_key_pem())
     return load_signer(path, origin)

@@ -186,14 +186,10 @@ def resume(job_id: str) -> None:
 @reliable_task("log.verify_and_anchor", soft_time_limit=1800)
 def verify_and_anchor() -> dict[str, Any]:
     ctx = context()
-    report = verify_and_record(ctx.engine, ctx.audit_key, ctx.anchors)
+    report = verify_and_record(ctx.engine, ctx.audit_key, ctx.anchors, tree_problem)
     if not report.ok:
         log.error("decision log verification failed: %s", report.problem)
         return {"ok": False, "problem": str(report.problem)}
-    tree = tree_problem(ctx.engine)
-    if tree is not None:
-        log.error("decision log verification failed: %s", tree)
-        return {"ok": False, "problem": tree}
     record = anchor(ctx.engine, ctx.audit_key, ctx.anchors)
     signed = extend_and_sign(ctx.engine, ctx.checkpoint_signer)  # the Merkle tree and its signed checkpoint
     return {

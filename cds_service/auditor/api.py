@@ -44,6 +44,11 @@ def _record(auditor: Auditor, action: str, details: dict[str, Any]) -> None:
     components().decision_log.record_access(auditor.username, action, details)
 
 
+def _check_id(decision_id: int) -> None:
+    if not 1 <= decision_id <= MAX_ID:
+        raise ApiError(404, "not_found", "No such decision: ids run from 1 to 2147483647.")
+
+
 def _page_url(page: int) -> str:
     base = components().settings.public_base_url or request.host_url.rstrip("/")
     args = request.args.to_dict()
@@ -76,8 +81,7 @@ def decisions(auditor: Auditor) -> Response:
 @bp.get("/decisions/<int:decision_id>")
 @auditor_only
 def decision(decision_id: int, auditor: Auditor) -> Response:
-    if not 1 <= decision_id <= MAX_ID:
-        raise ApiError(404, "not_found", "No such decision: ids run from 1 to 2147483647.")
+    _check_id(decision_id)
     _record(auditor, "api.view", {"id": decision_id})
     found = get_decision(components().engine, decision_id)
     if found is None:
@@ -147,8 +151,7 @@ def access_export(auditor: Auditor) -> Response:
 @auditor_only
 def decision_proof(decision_id: int, auditor: Auditor) -> Response:
     """The decision's inclusion proof under the newest signed checkpoint (C2SP tlog-proof)."""
-    if not 1 <= decision_id <= MAX_ID:
-        raise ApiError(404, "not_found", "No such decision: ids run from 1 to 2147483647.")
+    _check_id(decision_id)
     _record(auditor, "api.proof", {"decision_id": decision_id})
     try:
         text = prove_entry(components().engine, "decision", decision_id)

@@ -292,7 +292,7 @@ class HookPipeline:
             # what the service asks the EHR to do is part of its answer: logged with the assessment (and
             # when the cards are snoozed, the outcome says none of it was sent)
             assessment["system_actions"] = self._masked(evaluation.system_actions, facts)
-        shown = display.cards
+        shown = bool(display.cards)
         return Decision(
             **self._identity(facts),
             model_id=self.model.id,
@@ -300,9 +300,9 @@ class HookPipeline:
             model_hash=self.model.hash,
             band=evaluation.assessment.band,
             assessment=assessment,
-            cards=self._masked(shown, facts),
-            card_uuids=[c["uuid"] for c in shown],
-            suggestion_uuids=[s["uuid"] for c in shown for s in c.get("suggestions", [])],
+            cards=self._masked(display.cards, facts),
+            card_uuids=evaluation.card_uuids() if shown else [],
+            suggestion_uuids=evaluation.suggestion_uuids() if shown else [],
             outcome=display.outcome,
             reason="snoozed" if display.outcome == "snoozed" else evaluation.reason,
             status_code=200,

@@ -27,6 +27,8 @@ class RefusalCounter:
         self.engine = engine
         self.trusted = frozenset(trusted_issuers)
         self.clock = clock
+        # told each refusal's reason code (the operators' metrics, when enabled)
+        self.counted: Callable[[str], None] = lambda reason_code: None
         insert = postgres_insert if engine.dialect.name == "postgresql" else sqlite_insert
         statement = insert(RefusedCalls)
         self._upsert = statement.on_conflict_do_update(
@@ -36,6 +38,7 @@ class RefusalCounter:
 
     def count(self, claimed_issuer: str | None, reason_code: str) -> None:
         """One refused call: the claimed issuer is kept when the service trusts it ('' otherwise)."""
+        self.counted(reason_code)
         hour = self.clock().replace(minute=0, second=0, microsecond=0)
         issuer = claimed_issuer if claimed_issuer in self.trusted else ""
         values = {"hour": hour, "issuer": issuer, "reason_code": reason_code[: width(RefusedCalls.reason_code)], "count": 1}

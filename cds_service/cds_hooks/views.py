@@ -32,9 +32,6 @@ def _authenticate() -> Caller:
         # the reason only: never the token
         auth_log.info("refused %s %s: %s; %s", request.method, request.path, exc.reason_code, exc.reason)
         components().refusals.count(exc.claimed_issuer, exc.reason_code)
-        metrics = components().metrics
-        if metrics is not None:
-            metrics.refused.labels(exc.reason_code).inc()
         raise
 
 

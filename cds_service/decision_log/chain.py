@@ -25,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -503,11 +503,16 @@ def _stray(connection: Connection) -> Problem | None:
     return None
 
 
-def verify_and_record(engine: Engine, key: bytes, anchors: AnchorFile | None) -> Report:
+def verify_and_record(
+    engine: Engine, key: bytes, anchors: AnchorFile | None, tree_check: Callable[[Engine], Problem | None] | None = None
+) -> Report:
     """Verify, and keep the outcome for the auditors' integrity badge, a verification that could not
-    finish included: the badge then shows it failed, never the previous green result."""
+    finish included: the badge then shows it failed, never the previous green result. `tree_check` (the
+    Merkle tree's leaves against the entries, transparency.tree_problem) runs once the chain holds."""
     try:
         report = verify(engine, key, anchors)
+        if report.ok and tree_check is not None:
+            report = replace(report, problem=tree_check(engine))
     except Exception as exc:  # any failure to finish is a failed verification, recorded before it propagates
         problem = Problem("unreadable", f"verification could not finish ({type(exc).__name__}: {exc})"[:1000])
         report = Report(0, None, None, None, 0, None, problem)

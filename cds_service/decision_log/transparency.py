@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from cds_service.database import utcnow
 from cds_service.decision_log import chain, merkle
-from cds_service.decision_log.proof import write_proof
+from cds_service.decision_log.proof import prove
 from cds_service.decision_log.signed_note import Signer, sign_checkpoint
 from cds_service.decision_log.tables import LogEntry, TreeCheckpoint, TreeNode
 
@@ -131,7 +131,7 @@ def _sign(connection: Connection, store: DatabaseNodeStore, signer: Signer) -> S
     return SignedCheckpoint(size, root.hex(), note)
 
 
-def tree_problem(engine: Engine, batch: int = _BATCH) -> str | None:
+def tree_problem(engine: Engine, batch: int = _BATCH) -> chain.Problem | None:
     """Whether the chain's entries are still the tree's leaves: an entry rewritten after the tree took it in
     (even with the audit key, its row and hashes made to agree) no longer matches; None when all match."""
     with engine.connect() as connection:
@@ -152,7 +152,8 @@ def tree_problem(engine: Engine, batch: int = _BATCH) -> str | None:
             )
             for entry in entries:
                 if bytes(leaves.get(entry.seq - 1, b"")) != merkle.leaf_hash(leaf_of(entry)):
-                    return f"entry {entry.seq} ({entry.kind} {entry.entry_id}) differs from the Merkle tree's leaf: it changed after it was anchored"
+                    detail = "it differs from the Merkle tree's leaf: it changed after the tree took it in"
+                    return chain.Problem("edited", detail, entry.seq, entry.kind, entry.entry_id)
             last = entries[-1].seq
     return None
 
@@ -169,8 +170,6 @@ def prove_entries(engine: Engine, kind: str, entry_ids: Sequence[int]) -> dict[i
         store: merkle.NodeStore = (
             _Snapshot(connection) if len(entry_ids) >= _SNAPSHOT_FROM else DatabaseNodeStore(connection)
         )
-        if checkpoint is not None and merkle.root(store, checkpoint.size).hex() != checkpoint.root_hash:
-            raise ValueError(f"the stored tree's root at size {checkpoint.size} is not its signed checkpoint's")
         proofs: dict[int, str] = {}
         for start in range(0, len(entry_ids), 500):
             wanted = list(entry_ids[start : start + 500])
@@ -182,12 +181,8 @@ def prove_entries(engine: Engine, kind: str, entry_ids: Sequence[int]) -> dict[i
                     raise NotAnchored(f"no {kind} {entry_id} in the log (or it was purged)")
                 if checkpoint is None or checkpoint.size < entry.seq:
                     raise NotAnchored(f"{kind} {entry_id} is not under a signed checkpoint yet: run `spine-cds audit anchor`")
-                leaf = leaf_of(entry)
-                index = entry.seq - 1
-                path = merkle.inclusion_proof(store, index, checkpoint.size)
-                if store.get_many([(0, index)])[0] != merkle.leaf_hash(leaf):
-                    raise ValueError(f"the tree's leaf {index} is not {kind} {entry_id}'s entry")
-                proofs[entry_id] = write_proof(leaf, index, path, checkpoint.note)
+                # refuses a proof that could not verify: the leaf and the root must be the stored ones
+                proofs[entry_id] = prove(store, entry.seq - 1, leaf_of(entry), checkpoint.note)
     return proofs
 
 

@@ -336,20 +336,26 @@ def test_the_cli_purge_refuses_a_backdated_log(log: DecisionLog, engine: Engine,
     assert "purge refused" in result.output and "entry 1" in result.output
 
 
-def _rewrite_as_format_1(engine: Engine) -> None:
-    """What the service wrote before entries bound their time: v1 hashes over the v1 columns."""
+def _rewrite_as(engine: Engine, format_: int) -> None:
+    """What the service wrote at an older entry format: payloads without the columns added since (0005 for
+    format 1, 0007 for format 2), v1 hashes without the time for format 1, v2 hashes with it for format 2."""
+    added = {
+        1: {"decision": {"reuse_of", "reason"}, "feedback": {"tenant"}},
+        2: {"decision": {"reason"}},
+    }[format_]
     with engine.begin() as connection:
         prev = GENESIS
-        for entry in connection.execute(text("SELECT seq, kind, entry_id FROM log_chain ORDER BY seq")).all():
+        columns = (LogEntry.seq, LogEntry.kind, LogEntry.entry_id, LogEntry.created_at)
+        for entry in connection.execute(select(*columns).order_by(LogEntry.seq)).all():
             row = row_of(connection, entry.kind, entry.entry_id)
             assert row is not None
-            added = {"decision": {"reuse_of", "reason"}, "feedback": {"tenant"}}.get(entry.kind, set())
-            row = {k: v for k, v in row.items() if k not in added}
+            row = {k: v for k, v in row.items() if k not in added.get(entry.kind, set())}
             payload = payload_hash(row)
-            hashed = entry_hash(KEY, entry.kind, entry.entry_id, payload, prev)
+            at = entry.created_at if format_ >= 2 else None
+            hashed = entry_hash(KEY, entry.kind, entry.entry_id, payload, prev, at)
             connection.execute(
-                text("UPDATE log_chain SET format = 1, payload_hash = :p, prev_hash = :prev, entry_hash = :h WHERE seq = :s"),
-                {"p": payload, "prev": prev, "h": hashed, "s": entry.seq},
+                text("UPDATE log_chain SET format = :f, payload_hash = :p, prev_hash = :prev, entry_hash = :h WHERE seq = :s"),
+                {"f": format_, "p": payload, "prev": prev, "h": hashed, "s": entry.seq},
             )
             prev = hashed
 
@@ -359,7 +365,7 @@ def test_entries_of_format_1_still_verify_and_their_times_are_checked(
 ) -> None:
     """A log written before revision 0005 verifies after the upgrade; its entries' times, outside their
     hash, must agree with their rows' times, and the columns added since must stay empty."""
-    _rewrite_as_format_1(engine)
+    _rewrite_as(engine, 1)
     assert verify(engine, KEY, anchors).ok
     log.append(decision(7))  # later entries are of the current format, linked after the old ones
     assert verify(engine, KEY, anchors).ok
@@ -385,21 +391,7 @@ def test_entries_of_format_1_still_verify_and_their_times_are_checked(
 def test_entries_of_format_2_verify_and_a_reason_set_later_is_caught(log: DecisionLog, engine: Engine, anchors: AnchorFile) -> None:
     """A log written before revision 0007 (its decisions without a reason) verifies after the upgrade; a reason
     written into one of those rows afterwards is an edit."""
-    with engine.begin() as connection:
-        prev = GENESIS
-        columns = (LogEntry.seq, LogEntry.kind, LogEntry.entry_id, LogEntry.created_at)
-        for entry in connection.execute(select(*columns).order_by(LogEntry.seq)).all():
-            row = row_of(connection, entry.kind, entry.entry_id)
-            assert row is not None
-            if entry.kind == "decision":
-                row = {k: v for k, v in row.items() if k != "reason"}
-            payload = payload_hash(row)
-            hashed = entry_hash(KEY, entry.kind, entry.entry_id, payload, prev, entry.created_at)
-            connection.execute(
-                text("UPDATE log_chain SET format = 2, payload_hash = :p, prev_hash = :prev, entry_hash = :h WHERE seq = :s"),
-                {"p": payload, "prev": prev, "h": hashed, "s": entry.seq},
-            )
-            prev = hashed
+    _rewrite_as(engine, 2)
     assert verify(engine, KEY, anchors).ok
     log.append(decision(7))
     assert verify(engine, KEY, anchors).ok

@@ -52,17 +52,9 @@ def test_every_decision_records_why_in_the_api_page_and_exports(
                 continue
             (row,) = [r for r in rows if r["id"] == str(call.id)]
             assert row["reason"] == reason
-            (event,) = [e for e in events if e["id"].endswith(f"-{call.id}") or _decision_id(e) == call.id]
+            (event,) = [e for e in events if e["id"] == f"decision-{call.id}"]
             details = {d["type"]: d.get("valueString") for entity in event["entity"] for d in entity.get("detail", [])}
             assert details["reason"] == reason
-
-
-def _decision_id(event: dict[str, Any]) -> int | None:
-    for entity in event["entity"]:
-        for identifier in [entity.get("what", {}).get("identifier", {})]:
-            if identifier.get("system") == "urn:spine-cds:decision":
-                return int(identifier["value"])
-    return None
 
 
 def _patient(profile: str) -> list[dict[str, Any]]:
