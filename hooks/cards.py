@@ -35,13 +35,24 @@ OVERRIDE_REASONS: tuple[dict[str, str], ...] = (
 
 # what each override reason is in the HL7 Non-Adherence Reason categories (CodeSystem
 # http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes, CDS Hooks IG 3.0.0-ballot, ValueSet
-# non-adherence-reason-category), for committees comparing alerts across systems. Each of ours says the spine
-# referral does not apply to this patient: already done, the knee explains the pain, or not relevant. A patient
-# declining has a category of its own there whose code is not confirmed here, so it stays unmapped
+# non-adherence-reason-category: its six codes), for committees comparing alerts across systems. Three of ours
+# say the referral does not apply to this patient (done already, the knee explains the pain, not relevant). A
+# patient declining is "does not align with patient preferences or values" (the patient prefers an alternative);
+# the CodeSystem's separate "patient refuses/declines (no context given)" concept sits outside the six
+# categories and is marked there as not preferred
 NON_ADHERENCE_SYSTEM = "http://terminology.hl7.org/CodeSystem/non-adherence-reason-codes"
+NON_ADHERENCE_CATEGORIES = (
+    "cds-not-applicable",
+    "cds-suboptimal-context",
+    "recipient-disagrees-evidence",
+    "recipient-concerns-outcomes",
+    "does-not-align-preferences",
+    "not-convenient-feasible",
+)
 NON_ADHERENCE_CATEGORY: Mapping[str, str] = {
     "already-evaluated": "cds-not-applicable",
     "knee-cause-confirmed": "cds-not-applicable",
+    "patient-declines": "does-not-align-preferences",
     "not-clinically-relevant": "cds-not-applicable",
 }
 

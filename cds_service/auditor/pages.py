@@ -49,7 +49,7 @@ from cds_service.decision_log.queries import (
     page_args,
     stats,
 )
-from cds_service.decision_log.transparency import NotAnchored, prove_entry
+from cds_service.decision_log.transparency import NotAnchored, checkpoint_note, checkpoints, consistency_file, prove_entry
 from cds_service.errors import ApiError, TooManyAttempts
 from hooks.services import REASONS, SERVICES
 
@@ -407,9 +407,7 @@ def decision_proof(decision_id: int, auditor: Auditor) -> Any:
         text = prove_entry(_engine(), "decision", decision_id)
     except NotAnchored as exc:
         raise ApiError(404, "not_anchored", f"{exc}.") from None
-    response = Response(text, mimetype="text/plain")
-    response.headers["Content-Disposition"] = f'attachment; filename="decision-{decision_id}.proof"'
-    return response
+    return _download(text, f"decision-{decision_id}.proof")
 
 
 @bp.get("/decisions/<int:decision_id>")
@@ -524,3 +522,48 @@ def access_log(auditor: Auditor) -> Any:
         next_url=_query(args, "audit_pages.access_log", page=page_number + 1) if page_number < pages else None,
         export_url=_query({k: v for k, v in args.items() if k in ACCESS_FIELDS}, "audit_api.access_export"),
     )
+
+
+@bp.get("/checkpoints")
+@login_required
+def checkpoints_page(auditor: Auditor) -> Any:
+    """The signed checkpoints an outside auditor keeps, with the key that verifies them and proofs between them."""
+    parts = components()
+    parts.decision_log.record_access(auditor.username, "page.checkpoints", {})
+    return render_template(
+        "audit_checkpoints.html",
+        auditor=auditor,
+        verifier_key=parts.runtime.checkpoint_signer.verifier_key,
+        checkpoints=checkpoints(parts.engine),
+    )
+
+
+def _download(text: str, filename: str) -> Response:
+    response = Response(text, mimetype="text/plain")
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@bp.get("/checkpoints/<int:size>/note")
+@login_required
+def checkpoint_download(size: int, auditor: Auditor) -> Any:
+    """One signed checkpoint (C2SP signed note), to keep and later prove the log only grew from it."""
+    components().decision_log.record_access(auditor.username, "page.checkpoint", {"size": size})
+    note = checkpoint_note(_engine(), size) if 1 <= size <= MAX_ID else None
+    if note is None:
+        raise ApiError(404, "not_anchored", f"There is no signed checkpoint of size {size}.")
+    return _download(note, f"checkpoint-{size}.note")
+
+
+@bp.get("/checkpoints/<int:size>/consistency")
+@login_required
+def consistency_download(size: int, auditor: Auditor) -> Any:
+    """The consistency proof from the checkpoint of `size` entries to the newest, as the file verify-consistency reads."""
+    components().decision_log.record_access(auditor.username, "page.consistency", {"from": size})
+    if not 1 <= size <= MAX_ID:
+        raise ApiError(404, "not_anchored", f"There is no signed checkpoint of size {size}.")
+    try:
+        text = consistency_file(_engine(), size)
+    except NotAnchored as exc:
+        raise ApiError(404, "not_anchored", f"{exc}.") from None
+    return _download(text, f"consistency-{size}.json")

@@ -119,14 +119,13 @@ def audit_verify_proof(path: Path, public_key: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write it here (default: stdout).")
 def audit_consistency(old_size: int, out: Path | None) -> None:
     """Write the consistency proof from the signed checkpoint of OLD_SIZE entries to the newest (JSON)."""
-    from cds_service.decision_log.transparency import NotAnchored, consistency
+    from cds_service.decision_log.transparency import NotAnchored, consistency_file
 
     with open_runtime(migrate=False) as runtime:
         try:
-            found = consistency(runtime.engine, old_size)
+            document = consistency_file(runtime.engine, old_size)
         except NotAnchored as exc:
             raise click.ClickException(str(exc)) from None
-    document = json.dumps({"old": found["old"], "new": found["new"], "proof": found["proof"]}, indent=2) + "\n"
     if out is None:
         click.echo(document, nl=False)
     else:

@@ -9,6 +9,7 @@ needs no database and no audit key to verify: only the checkpoint key's public h
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -195,6 +196,18 @@ def consistency(engine: Engine, old_size: int) -> dict[str, Any]:
             raise NotAnchored(f"no signed checkpoint of size {old_size}")
         hashes = merkle.consistency_proof(DatabaseNodeStore(connection), old.size, new.size)
     return {"old": old.note, "new": new.note, "proof": [h.hex() for h in hashes]}
+
+
+def consistency_file(engine: Engine, old_size: int) -> str:
+    """The consistency proof as the JSON file `spine-cds audit verify-consistency` checks."""
+    found = consistency(engine, old_size)
+    return json.dumps({"old": found["old"], "new": found["new"], "proof": found["proof"]}, indent=2) + "\n"
+
+
+def checkpoint_note(engine: Engine, size: int) -> str | None:
+    """The signed note of the checkpoint of `size` entries, if there is one."""
+    with engine.connect() as connection:
+        return connection.execute(select(TreeCheckpoint.note).where(TreeCheckpoint.size == size)).scalar_one_or_none()
 
 
 def checkpoints(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:

@@ -15,7 +15,17 @@ import pytest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from hooks.assessment import Assessment
-from hooks.cards import OVERRIDE_REASONS, RED_FLAG_TOPIC, TOPIC, CardOptions, build_cards, plain_text, prune
+from hooks.cards import (
+    NON_ADHERENCE_CATEGORIES,
+    NON_ADHERENCE_CATEGORY,
+    OVERRIDE_REASONS,
+    RED_FLAG_TOPIC,
+    TOPIC,
+    CardOptions,
+    build_cards,
+    plain_text,
+    prune,
+)
 from hooks.model import Model, load_model
 from hooks.services import SERVICES_BY_ID, evaluate
 from hooks.synthetic import ICD10, PROFILES, SNOMED, Factory
@@ -449,6 +459,13 @@ def test_override_reasons_reqs_98_100_136(card: dict[str, Any]) -> None:
         "patient-declines",
         "not-clinically-relevant",
     }
+
+
+def test_every_override_reason_has_one_of_the_six_hl7_non_adherence_categories() -> None:
+    assert set(NON_ADHERENCE_CATEGORY) == {r["code"] for r in OVERRIDE_REASONS}
+    assert set(NON_ADHERENCE_CATEGORY.values()) <= set(NON_ADHERENCE_CATEGORIES)
+    assert len(NON_ADHERENCE_CATEGORIES) == 6
+    assert NON_ADHERENCE_CATEGORY["patient-declines"] == "does-not-align-preferences"
 
 
 def test_links_reqs_103_138_139_141_142_147(card: dict[str, Any]) -> None:

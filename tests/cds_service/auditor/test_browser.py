@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from cds_service.decision_log.transparency import extend_and_sign
 from tests.cds_service.audit_log import AuditLog
 from tests.conftest import IN_CI
 
@@ -190,3 +191,15 @@ def test_an_auditor_reads_why_the_governance_figures_and_the_access_log(driver: 
     wait(driver).until(ec.url_contains(f"decision={child.id}"))
     entries = driver.find_elements(By.CSS_SELECTOR, "tr.access-row")
     assert entries and all(audit_log.username in row.text and "page.view" in row.text for row in entries)
+
+    # the signed checkpoints an outside auditor keeps, each offered for download with the proof the log grew since
+    parts = audit_log.running.app.extensions["spine_cds"]
+    extend_and_sign(parts.engine, parts.runtime.checkpoint_signer)
+    driver.find_element(By.LINK_TEXT, "Checkpoints").click()
+    key = wait(driver).until(ec.visibility_of_element_located((By.ID, "verifier-key")))
+    assert key.text == parts.runtime.checkpoint_signer.verifier_key
+    newest = driver.find_elements(By.CSS_SELECTOR, "tr.checkpoint-row")[0]
+    size = newest.get_attribute("data-size")
+    assert (newest.find_element(By.CSS_SELECTOR, "a.note-download").get_attribute("href") or "").endswith(
+        f"/audit/checkpoints/{size}/note"
+    )

@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -287,20 +288,45 @@ def test_the_decision_page_offers_the_proof_for_download(audit_log: AuditLog) ->
     assert audit_log.get("/audit/decisions/2147483000/proof").status_code == 404
 
 
-def test_the_api_gives_checkpoints_proofs_and_consistency_to_an_auditor(audit_log: AuditLog) -> None:
+def test_the_api_and_the_checkpoints_page_give_proofs_the_key_a_note_to_keep_and_the_proof_the_log_grew(
+    audit_log_factory: Callable[..., AuditLog], database_url: str
+) -> None:
+    audit_log = audit_log_factory(database_url=database_url)
     parts = audit_log.running.app.extensions["spine_cds"]
-    extend_and_sign(parts.engine, parts.runtime.checkpoint_signer)
+    kept_size = extend_and_sign(parts.engine, parts.runtime.checkpoint_signer).size
+
     listed = audit_log.get("/audit/api/checkpoints").json()
     key, newest = listed["verifier_key"], listed["items"][0]
+    assert newest["size"] == kept_size
     likely = audit_log.calls["likely"]
     proof = audit_log.get(f"/audit/api/decisions/{likely.id}/proof")
-    assert proof.status_code == 200 and verify_proof(proof.text, key).tree_size == newest["size"]
-    grown = audit_log.get("/audit/api/consistency", {"from": newest["size"]}).json()
-    verify_extension(newest["note"], grown["new"], [bytes.fromhex(h) for h in grown["proof"]], key)
+    assert proof.status_code == 200 and verify_proof(proof.text, key).tree_size == kept_size
     assert audit_log.get("/audit/api/consistency", {"from": "x"}).status_code == 400
     assert audit_log.get("/audit/api/decisions/2147483000/proof").status_code == 404
+
+    page = audit_log.get("/audit/checkpoints")
+    assert page.status_code == 200 and key in page.text
+    assert f'href="/audit/checkpoints/{kept_size}/note"' in page.text
+    kept = audit_log.get(f"/audit/checkpoints/{kept_size}/note")
+    assert kept.text == newest["note"]
+    assert kept.headers["Content-Disposition"] == f'attachment; filename="checkpoint-{kept_size}.note"'
+
+    newest_size = extend_and_sign(parts.engine, parts.runtime.checkpoint_signer).size  # the views above grew the log
+    assert newest_size > kept_size
+    assert f'href="/audit/checkpoints/{kept_size}/consistency"' in audit_log.get("/audit/checkpoints").text
+    download = audit_log.get(f"/audit/checkpoints/{kept_size}/consistency")
+    assert download.status_code == 200, download.text
+    document = json.loads(download.text)
+    assert document["old"] == kept.text  # starts from exactly the note the auditor kept
+    old, new = verify_extension(kept.text, document["new"], [bytes.fromhex(h) for h in document["proof"]], key)
+    assert (old.size, new.size) == (kept_size, newest_size)
+    assert audit_log.get("/audit/api/consistency", {"from": kept_size}).json()["proof"] == document["proof"]
+    for missing in (f"/audit/checkpoints/{newest_size + 7}/note", f"/audit/checkpoints/{newest_size + 7}/consistency"):
+        refused = audit_log.get(missing)
+        assert refused.status_code == 404 and "no signed checkpoint" in refused.text
+
     actions = {e["action"] for e in audit_log.access_log()}
-    assert {"api.checkpoints", "api.proof", "api.consistency"} <= actions
+    assert {"api.checkpoints", "api.proof", "api.consistency", "page.checkpoints", "page.checkpoint", "page.consistency"} <= actions
 
 
 def test_a_feedback_item_proves_too(log: DecisionLog, engine: Engine, signer: Signer) -> None:
