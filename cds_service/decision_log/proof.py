@@ -22,9 +22,9 @@ separately (`entry=`), for a proof written without it, as the spec's detached-si
 
 Verifying a proof is four steps: the checkpoint note's signature by the log's key (and, if asked, its
 origin), the entry's leaf hash, the RFC 9162 2.1.3.2 inclusion check against the checkpoint's size and
-root, and that every piece of the file is in canonical form. `STANDALONE_VERIFIER` is the same check as
-a short script using only the standard library and `cryptography`, for an auditor who runs nothing of
-this project; the tests run it against real proof files.
+root, and that every piece of the file is in canonical form. `STANDALONE_VERIFIER` is the same check, and
+that of `verify_extension`, as a short script using only the standard library and `cryptography`, for an
+auditor who runs nothing of this project; the tests run it against real proof and consistency files.
 
 `verify_extension` checks a consistency proof (RFC 9162 2.1.4.2) between two signed checkpoints: the
 newer tree extends the older one, so no entry of the older was changed, dropped or reordered.
@@ -194,14 +194,20 @@ def verify_extension(
     return old, new
 
 
-# The same verification as `verify_proof`, for an auditor with Python 3 and `cryptography` only.
-# Kept short on purpose; the tests run it on real proof files and on tampered ones.
-STANDALONE_VERIFIER = r'''"""Verify a decision proof offline: python3 verify_proof.py PROOF_FILE VERIFIER_KEY
+# The same verification as `verify_proof` and `verify_extension`, for an auditor with Python 3 and
+# `cryptography` only. Kept short on purpose; the tests run it on real files and on tampered ones.
+STANDALONE_VERIFIER = r'''"""Verify the decision log's proofs offline, with Python 3 and `cryptography` only.
 
-The file is a c2sp.org/tlog-proof@v1 whose extra line is the log entry; the key is name+keyid+base64.
-Prints the entry's index, tree size and origin, then the entry in base64; exits 1 on any failure.
+  python3 verify_proof.py PROOF_FILE VERIFIER_KEY
+      a c2sp.org/tlog-proof@v1 whose extra line is the log entry: prints the entry's index, the tree
+      size and origin, then the entry in base64
+  python3 verify_proof.py CONSISTENCY_FILE VERIFIER_KEY [KEPT_CHECKPOINT]
+      the JSON of `spine-cds audit consistency`: the newer checkpoint's log extends the older one's,
+      and the older one is exactly the checkpoint you kept
+
+The key is name+keyid+base64. Exits 1 on any failure.
 """
-import base64, hashlib, re, sys
+import base64, hashlib, json, re, sys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 def check(ok, what):
@@ -216,15 +222,10 @@ def b64(text):  # canonical base64 only, so that no edit goes unseen
 def sha256(*parts):
     return hashlib.sha256(b"".join(parts)).digest()
 
-def verify(text, vkey):
+def checkpoint(note, vkey):  # the origin, size and root of a note signed by the key
     name, key_id, key = vkey.split("+", 2)
     key = b64(key)
     check(len(key) == 33 and key[0] == 1 and sha256(name.encode(), b"\n", key)[:4].hex() == key_id, "verifier key")
-    head, _, note = text.partition("\n\n")  # proof lines, then the checkpoint note
-    lines = head.split("\n")
-    check(len(lines) >= 3 and lines[0] == "c2sp.org/tlog-proof@v1" and lines[1].startswith("extra "), "header")
-    check(re.fullmatch(r"index (0|[1-9][0-9]*)", lines[2]), "index line")
-    entry, index, path = b64(lines[1][6:]), int(lines[2][6:]), [b64(line) for line in lines[3:]]
     check(note.endswith("\n") and not re.search(r"[\x00-\x09\x0b-\x1f]", note), "note characters")
     body, _, signatures = note.rpartition("\n\n")  # signed text = body + "\n"
     signed = False
@@ -238,8 +239,18 @@ def verify(text, vkey):
     check(signed, "no signature by the verifier key")
     origin, size, root = body.split("\n")[:3]
     check(origin and all(body.split("\n")) and re.fullmatch(r"0|[1-9][0-9]*", size), "checkpoint")
-    size, root = int(size), b64(root)
-    check(index < size and len(root) == 32 and all(len(p) == 32 for p in path), "sizes")
+    root = b64(root)
+    check(len(root) == 32, "root hash")
+    return origin, int(size), root
+
+def verify(text, vkey):
+    head, _, note = text.partition("\n\n")  # proof lines, then the checkpoint note
+    lines = head.split("\n")
+    check(len(lines) >= 3 and lines[0] == "c2sp.org/tlog-proof@v1" and lines[1].startswith("extra "), "header")
+    check(re.fullmatch(r"index (0|[1-9][0-9]*)", lines[2]), "index line")
+    entry, index, path = b64(lines[1][6:]), int(lines[2][6:]), [b64(line) for line in lines[3:]]
+    origin, size, root = checkpoint(note, vkey)
+    check(index < size and all(len(p) == 32 for p in path), "sizes")
     fn, sn, r = index, size - 1, sha256(b"\0", entry)  # RFC 9162 2.1.3.2
     for p in path:
         check(sn > 0, "inclusion proof too long")
@@ -253,12 +264,48 @@ def verify(text, vkey):
     check(sn == 0 and r == root, "inclusion proof")
     return origin, size, index, entry
 
+def verify_consistency(document, vkey, kept=None):
+    check(kept is None or kept == document["old"], "it does not start from the checkpoint you kept")
+    (origin, first, old_root), (other, second, new_root) = checkpoint(document["old"], vkey), checkpoint(document["new"], vkey)
+    check(all(re.fullmatch(r"[0-9a-f]{64}", h) for h in document["proof"]), "proof hashes")
+    path = [bytes.fromhex(h) for h in document["proof"]]
+    check(origin == other and 0 < first <= second, "checkpoints of one log, the older first")
+    if first == second:
+        check(not path and old_root == new_root, "consistency proof")
+        return origin, first, second
+    check(path, "empty consistency proof")  # RFC 9162 2.1.4.2
+    path = [old_root] + path if first & (first - 1) == 0 else path
+    fn, sn = first - 1, second - 1
+    while fn & 1:
+        fn, sn = fn >> 1, sn >> 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        check(sn > 0, "consistency proof too long")
+        if fn & 1 or fn == sn:
+            fr, sr = sha256(b"\1", c, fr), sha256(b"\1", c, sr)
+            while not fn & 1 and fn:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            sr = sha256(b"\1", sr, c)
+        fn, sn = fn >> 1, sn >> 1
+    check(sn == 0 and fr == old_root and sr == new_root, "consistency proof")
+    return origin, first, second
+
+def read(path):  # bytes: no newline translation may hide an edit
+    with open(path, "rb") as file:
+        return file.read().decode("utf-8")
+
 if __name__ == "__main__":
     try:
-        with open(sys.argv[1], "rb") as file:  # bytes: no newline translation may hide an edit
-            origin, size, index, entry = verify(file.read().decode("utf-8"), sys.argv[2])
+        text = read(sys.argv[1])
+        if text.startswith("{"):
+            kept = read(sys.argv[3]) if len(sys.argv) > 3 else None
+            origin, first, second = verify_consistency(json.loads(text), sys.argv[2], kept)
+            print(f"verified: {origin}'s log of {second} entries extends its log of {first} entries")
+        else:
+            origin, size, index, entry = verify(text, sys.argv[2])
+            print(f"verified: entry {index} of {origin} at tree size {size}")
+            print(base64.b64encode(entry).decode())
     except Exception as exc:
         sys.exit(f"proof rejected: {type(exc).__name__} {exc}")
-    print(f"verified: entry {index} of {origin} at tree size {size}")
-    print(base64.b64encode(entry).decode())
 '''

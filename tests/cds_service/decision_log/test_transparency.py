@@ -289,7 +289,7 @@ def test_the_decision_page_offers_the_proof_for_download(audit_log: AuditLog) ->
 
 
 def test_the_api_and_the_checkpoints_page_give_proofs_the_key_a_note_to_keep_and_the_proof_the_log_grew(
-    audit_log_factory: Callable[..., AuditLog], database_url: str
+    audit_log_factory: Callable[..., AuditLog], database_url: str, tmp_path: Path
 ) -> None:
     audit_log = audit_log_factory(database_url=database_url)
     parts = audit_log.running.app.extensions["spine_cds"]
@@ -320,6 +320,13 @@ def test_the_api_and_the_checkpoints_page_give_proofs_the_key_a_note_to_keep_and
     assert document["old"] == kept.text  # starts from exactly the note the auditor kept
     old, new = verify_extension(kept.text, document["new"], [bytes.fromhex(h) for h in document["proof"]], key)
     assert (old.size, new.size) == (kept_size, newest_size)
+    # and the auditor's own script, given the two downloads, agrees
+    (tmp_path / "kept.note").write_bytes(kept.content)
+    (tmp_path / "grew.json").write_bytes(download.content)
+    (tmp_path / "verify_proof.py").write_text(STANDALONE_VERIFIER, encoding="utf-8")
+    script = [sys.executable, str(tmp_path / "verify_proof.py"), str(tmp_path / "grew.json"), key, str(tmp_path / "kept.note")]
+    checked = subprocess.run(script, capture_output=True, text=True, check=False)
+    assert checked.returncode == 0 and f"of {newest_size} entries extends its log of {kept_size}" in checked.stdout, checked.stderr
     assert audit_log.get("/audit/api/consistency", {"from": kept_size}).json()["proof"] == document["proof"]
     for missing in (f"/audit/checkpoints/{newest_size + 7}/note", f"/audit/checkpoints/{newest_size + 7}/consistency"):
         refused = audit_log.get(missing)
