@@ -21,9 +21,10 @@ from cds_service.database import utcnow
 from cds_service.decision_log import chain, merkle
 from cds_service.decision_log.proof import prove
 from cds_service.decision_log.signed_note import Signer, sign_checkpoint
-from cds_service.decision_log.tables import LogEntry, TreeCheckpoint, TreeNode
+from cds_service.decision_log.tables import Checkpoint, LogEntry, TreeCheckpoint, TreeNode
 
 LEAF_PREFIX = b"spine-cds/leaf/v1\n"
+PURGED_PREFIX = b"spine-cds/purged/v1\n"
 _BATCH = 5000  # entries added to the tree per transaction
 
 
@@ -99,11 +100,17 @@ class SignedCheckpoint:
     note: str
 
 
+def purged_leaf(seq: int) -> bytes:
+    """The leaf standing for chain entry `seq` when a retention purge deleted it before the tree took it in."""
+    return PURGED_PREFIX + chain.canonical({"seq": seq})
+
+
 def extend_and_sign(engine: Engine, signer: Signer) -> SignedCheckpoint | None:
     """Add the chain's new entries to the tree, then sign a checkpoint of it; None when nothing was added.
 
-    Entries purged before the tree reached them cannot be added: the tree then stops there, and the
-    checkpoint covers what it holds."""
+    Entries a retention purge deleted before the tree reached them (up to the purge's chain checkpoint)
+    become `purged_leaf` placeholders, so the tree goes on from the first entry kept. Any other gap stops
+    the tree there; the chain's verification reports it as deleted entries."""
     while True:
         with engine.begin() as connection:
             chain.lock(connection)  # one extender at a time, and no entry half-visible
@@ -112,11 +119,24 @@ def extend_and_sign(engine: Engine, signer: Signer) -> SignedCheckpoint | None:
             entries = connection.execute(
                 select(LogEntry).where(LogEntry.seq > size).order_by(LogEntry.seq).limit(_BATCH)
             ).all()
+            purged = _purged_before(connection, size, entries[0].seq if entries else None)
+            if purged:
+                merkle.append_many(store, [purged_leaf(seq) for seq in purged])
+                continue  # then the entries after them
             contiguous = [e for position, e in enumerate(entries) if e.seq == size + 1 + position]
             if contiguous:
                 merkle.append_many(store, [leaf_of(e) for e in contiguous])
             if len(contiguous) < _BATCH:
                 return _sign(connection, store, signer)
+
+
+def _purged_before(connection: Connection, size: int, next_seq: int | None) -> range:
+    """The next sequence numbers past the tree's end (at most a batch) that a purge deleted, and no entry holds."""
+    purged_to = connection.execute(select(func.max(Checkpoint.seq))).scalar()
+    if purged_to is None:
+        return range(0)
+    end = int(purged_to) if next_seq is None else min(int(purged_to), next_seq - 1)
+    return range(size + 1, min(end, size + _BATCH) + 1)
 
 
 def _sign(connection: Connection, store: DatabaseNodeStore, signer: Signer) -> SignedCheckpoint | None:

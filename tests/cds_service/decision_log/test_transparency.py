@@ -20,10 +20,10 @@ from sqlalchemy.engine import Engine
 
 from cds_service.cli import main
 from cds_service.database import make_engine, upgrade
-from cds_service.decision_log import chain
+from cds_service.decision_log import chain, merkle
 from cds_service.decision_log.proof import STANDALONE_VERIFIER, ProofVerificationError, verify_extension, verify_proof
 from cds_service.decision_log.signed_note import Signer
-from cds_service.decision_log.tables import Decision, IssuedCard, LogEntry
+from cds_service.decision_log.tables import Decision, IssuedCard, LogEntry, TreeNode
 from cds_service.decision_log.transparency import (
     LEAF_PREFIX,
     NotAnchored,
@@ -31,6 +31,7 @@ from cds_service.decision_log.transparency import (
     extend_and_sign,
     prove_entries,
     prove_entry,
+    purged_leaf,
     tree_problem,
 )
 from cds_service.decision_log.writer import DecisionLog
@@ -334,6 +335,44 @@ def test_the_api_and_the_checkpoints_page_give_proofs_the_key_a_note_to_keep_and
 
     actions = {e["action"] for e in audit_log.access_log()}
     assert {"api.checkpoints", "api.proof", "api.consistency", "page.checkpoints", "page.checkpoint", "page.consistency"} <= actions
+
+
+def _purge_first(engine: Engine, count: int, tmp_path: Path) -> None:
+    """A retention purge of the log's first `count` entries."""
+    with engine.connect() as connection:
+        before = connection.execute(select(LogEntry.created_at).where(LogEntry.seq == count + 1)).scalar_one()
+    assert chain.purge(engine, KEY, chain.AnchorFile(tmp_path / "anchors.ndjson"), before) == count
+
+
+def test_entries_purged_before_the_tree_took_them_in_stand_as_placeholders_and_the_tree_goes_on(
+    log: DecisionLog, engine: Engine, signer: Signer, tmp_path: Path
+) -> None:
+    ids = _append(log, 10)
+    first = extend_and_sign(engine, signer)
+    assert first is not None and first.size == 10
+    ids += _append(log, 10, start=11)
+    _purge_first(engine, 15, tmp_path)  # entries 11-15 were never in the tree
+    grown = extend_and_sign(engine, signer)
+    assert grown is not None and grown.size == 20
+    with engine.connect() as connection:
+        leaves = dict(connection.execute(select(TreeNode.idx, TreeNode.hash).where(TreeNode.level == 0)).all())
+    assert [bytes(leaves[seq - 1]) for seq in range(11, 16)] == [merkle.leaf_hash(purged_leaf(seq)) for seq in range(11, 16)]
+    for decision_id in ids[15:]:
+        assert verify_proof(prove_entry(engine, "decision", decision_id), signer.verifier).index == decision_id - 1
+    with pytest.raises(NotAnchored, match="purged"):
+        prove_entry(engine, "decision", ids[12])
+    verify_extension(first.note, grown.note, [bytes.fromhex(h) for h in consistency(engine, 10)["proof"]], signer.verifier)
+    assert tree_problem(engine) is None and chain.verify(engine, KEY).ok
+
+
+def test_a_gap_no_purge_accounts_for_stops_the_tree(log: DecisionLog, engine: Engine, signer: Signer, tmp_path: Path) -> None:
+    _append(log, 6)
+    _purge_first(engine, 2, tmp_path)
+    with engine.begin() as connection:  # entries deleted behind the purge's back
+        connection.execute(text("DELETE FROM log_chain WHERE seq IN (4, 5)"))
+    signed = extend_and_sign(engine, signer)
+    assert signed is not None and signed.size == 3  # the two purged as placeholders, then entry 3, then the gap
+    assert not chain.verify(engine, KEY).ok
 
 
 def test_a_feedback_item_proves_too(log: DecisionLog, engine: Engine, signer: Signer) -> None:
