@@ -555,6 +555,16 @@ def checkpoint_download(size: int, auditor: Auditor) -> Any:
     return _download(note, f"checkpoint-{size}.note")
 
 
+@bp.get("/checkpoints/consistency")
+@login_required
+def consistency_from_kept(auditor: Auditor) -> Any:
+    """The form's way to the consistency proof from a checkpoint the auditor kept, listed here or not."""
+    raw = request.args.get("from", "").strip()
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
+        raise ApiError(400, "invalid_filter", "Give the size of the checkpoint you kept: its second line, a whole number.")
+    return redirect(url_for("audit_pages.consistency_download", size=int(raw)))
+
+
 @bp.get("/checkpoints/<int:size>/consistency")
 @login_required
 def consistency_download(size: int, auditor: Auditor) -> Any:

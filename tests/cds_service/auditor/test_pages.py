@@ -141,7 +141,14 @@ def test_a_wrong_password_or_unknown_user_gets_the_form_again_with_401(browser: 
 def test_every_page_redirects_to_the_login_form_without_a_session(browser: httpx.Client, audit_log: AuditLog) -> None:
     decision = audit_log.calls["likely"].id
     paths = ("/audit/", "/audit/decisions", f"/audit/decisions/{decision}", "/audit/decisions?band=likely")
-    later = ("/audit/governance", "/audit/access", "/audit/checkpoints", "/audit/checkpoints/1/note", "/audit/checkpoints/1/consistency")
+    later = (
+        "/audit/governance",
+        "/audit/access",
+        "/audit/checkpoints",
+        "/audit/checkpoints/1/note",
+        "/audit/checkpoints/1/consistency",
+        "/audit/checkpoints/consistency?from=1",
+    )
     for path in (*paths, *later):
         target = location(browser.get(path))
         parts = urlsplit(target)

@@ -329,6 +329,12 @@ def test_the_api_and_the_checkpoints_page_give_proofs_the_key_a_note_to_keep_and
     checked = subprocess.run(script, capture_output=True, text=True, check=False)
     assert checked.returncode == 0 and f"of {newest_size} entries extends its log of {kept_size}" in checked.stdout, checked.stderr
     assert audit_log.get("/audit/api/consistency", {"from": kept_size}).json()["proof"] == document["proof"]
+    # a kept checkpoint the list no longer shows is reached by its size through the form
+    via_form = audit_log.get("/audit/checkpoints/consistency", {"from": str(kept_size)}, follow_redirects=True)
+    assert via_form.status_code == 200 and json.loads(via_form.text)["old"] == kept.text
+    for wrong in ("", "x", "-3", "99999999999999"):
+        refused = audit_log.get("/audit/checkpoints/consistency", {"from": wrong})
+        assert refused.status_code == 400 and "checkpoint you kept" in refused.text
     for missing in (f"/audit/checkpoints/{newest_size + 7}/note", f"/audit/checkpoints/{newest_size + 7}/consistency"):
         refused = audit_log.get(missing)
         assert refused.status_code == 404 and "no signed checkpoint" in refused.text
