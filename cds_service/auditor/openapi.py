@@ -260,7 +260,7 @@ def document() -> dict[str, Any]:
                     "operationId": "governance",
                     "summary": "Alert governance per site (issuer, tenant), hook and model version",
                     "description": "Calls, eligible calls (answered and assessed), cards and cards per 100 eligible calls, "
-                    "accepted, overridden by reason and by HL7 non-adherence category, snoozed, the weekly trend, and "
+                    "accepted and overridden (each also per 100 cards), overrides by reason and by HL7 non-adherence category, snoozed, the weekly trend, and "
                     "`warning` when the card fires on more than GOVERNANCE_WARNING_SHARE of the eligible calls.",
                     "parameters": filters,
                     "responses": {

@@ -1,8 +1,8 @@
 """Alert governance for a CDS committee: how often the card fires and what clinicians do with it.
 
 Per site (issuer and tenant), hook and model version over a period: calls, eligible calls (answered and
-assessed: a band), cards and cards per 100 eligible calls, feedback accepted and overridden (by reason and by
-HL7 non-adherence category), snoozed calls, and the same per ISO week as the trend. A group whose cards fire on
+assessed: a band), cards and cards per 100 eligible calls, feedback accepted and overridden (each also per
+100 cards; overrides by reason and by HL7 non-adherence category), snoozed calls, and the same per ISO week as the trend. A group whose cards fire on
 more than the warning share of its eligible calls is flagged."""
 
 from __future__ import annotations
@@ -42,7 +42,11 @@ class _Counts:
         self.snoozed += row.outcome == "snoozed"
 
     def per_100(self) -> float | None:
-        return round(100 * self.cards / self.eligible, 1) if self.eligible else None
+        return _per_100(self.cards, self.eligible)
+
+
+def _per_100(part: int, whole: int) -> float | None:
+    return round(100 * part / whole, 1) if whole else None
 
 
 @dataclass
@@ -107,7 +111,9 @@ def governance(engine: Engine, filters: DecisionFilters, warning_share: float) -
                 "cards": counts.cards,
                 "cards_per_100_eligible": counts.per_100(),
                 "accepted": group.accepted,
+                "accepted_per_100_cards": _per_100(group.accepted, counts.cards),
                 "overridden": sum(group.overridden.values()),
+                "overridden_per_100_cards": _per_100(sum(group.overridden.values()), counts.cards),
                 "overridden_by_reason": dict(sorted(group.overridden.items())),
                 "overridden_by_category": dict(sorted(group.categories.items())),
                 "snoozed": counts.snoozed,
@@ -131,7 +137,9 @@ CSV_COLUMNS = (
     "cards",
     "cards_per_100_eligible",
     "accepted",
+    "accepted_per_100_cards",
     "overridden",
+    "overridden_per_100_cards",
     "overridden_by_reason",
     "overridden_by_category",
     "snoozed",

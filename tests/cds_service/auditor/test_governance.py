@@ -29,6 +29,7 @@ def test_the_figures_match_the_calls_and_feedback_logged(audit_log_factory: Call
         "calls": 2, "eligible": 2, "cards": 2, "cards_per_100_eligible": 100.0, "accepted": 1, "overridden": 0, "snoozed": 0,
     }  # fmt: skip
     assert view["warning"] is True
+    assert (view["accepted_per_100_cards"], view["overridden_per_100_cards"]) == (50.0, 0.0)  # one of the two accepted
     failed = north[(log.north, "patient-view", "")]  # the 400 and the 412: no model applied, not eligible
     assert (failed["calls"], failed["eligible"], failed["cards"], failed["cards_per_100_eligible"]) == (2, 0, 0, None)
     quiet = south[(log.south, "patient-view", version)]  # knee OA only (assessed, no card) and a child (not assessed)
@@ -36,6 +37,8 @@ def test_the_figures_match_the_calls_and_feedback_logged(audit_log_factory: Call
     order = south[(log.south, "order-sign", version)]
     assert (order["calls"], order["eligible"], order["cards"], order["overridden"]) == (1, 1, 1, 1)
     assert order["overridden_by_reason"] == {"knee-cause-confirmed": 1}
+    assert (order["accepted_per_100_cards"], order["overridden_per_100_cards"]) == (0.0, 100.0)
+    assert (quiet["accepted_per_100_cards"], failed["overridden_per_100_cards"]) == (None, None)  # no cards, no rate
     assert order["overridden_by_category"] == {"cds-not-applicable": 1}
     assert [week["cards"] for week in order["trend"]] == [1]
 
@@ -43,6 +46,7 @@ def test_the_figures_match_the_calls_and_feedback_logged(audit_log_factory: Call
     by_hook = {(r["hook"], r["model_version"]): r for r in rows}
     assert by_hook[("order-sign", version)]["overridden_by_category"] == "cds-not-applicable=1"
     assert by_hook[("patient-view", version)]["cards_per_100_eligible"] == "0.0"
+    assert by_hook[("order-sign", version)]["overridden_per_100_cards"] == "100.0"
     assert any(e["action"] == "api.governance" for e in log.access_log())
 
 
@@ -58,6 +62,7 @@ def test_the_governance_page_shows_the_groups_and_flags_frequent_firing(audit_lo
     assert page.status_code == 200
     assert page.text.count('class="governance-row') == 2  # the south tenant's two groups
     assert "fires often" in page.text and "<code>cds-not-applicable</code>" in page.text
+    assert "100.0 per 100 cards" in page.text  # the order-sign card's one override
     assert 'id="governance-csv"' in page.text
     audit_log.assert_no_patient_id(page.text)
     assert audit_log.get("/audit/governance", {"from": "not a day"}).status_code == 400
