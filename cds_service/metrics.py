@@ -21,14 +21,20 @@ from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
 from cds_service.decision_log.queries import latest_verification
+from cds_service.decision_log.transparency import anchoring_state
 from cds_service.errors import DATABASE_UNAVAILABLE
 
 # hook-call latency buckets, in seconds: the cards are meant to arrive within a few hundred milliseconds
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class _VerificationAge(Collector):
-    """Seconds since the decision log was last verified, and whether that run found it intact (read at scrape)."""
+def _age(moment: datetime) -> float:
+    return (datetime.now(UTC) - (moment if moment.tzinfo else moment.replace(tzinfo=UTC))).total_seconds()
+
+
+class _LogHealth(Collector):
+    """The decision log's checks, read at scrape: when it was last verified and whether it was intact, and how
+    far the signed checkpoints lag behind it (a tree that stopped growing shows as entries piling up)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -36,17 +42,21 @@ class _VerificationAge(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         age = GaugeMetricFamily("spine_cds_log_verification_age_seconds", "Seconds since the decision log was last verified.")
         intact = GaugeMetricFamily("spine_cds_log_verification_ok", "1 when the last verification found the log intact.")
+        signed = GaugeMetricFamily("spine_cds_log_checkpoint_age_seconds", "Seconds since the newest signed checkpoint.")
+        behind = GaugeMetricFamily("spine_cds_log_entries_not_in_checkpoint", "Log entries the newest signed checkpoint does not cover.")
         try:
             last = latest_verification(self.engine)
+            checkpoint_at, uncovered = anchoring_state(self.engine)
         except DATABASE_UNAVAILABLE:
-            last = None
+            last, checkpoint_at, uncovered = None, None, None
         if last is not None:
-            at = datetime.fromisoformat(str(last["created_at"]).replace("Z", "+00:00"))
-            at = at if at.tzinfo else at.replace(tzinfo=UTC)
-            age.add_metric([], (datetime.now(UTC) - at).total_seconds())
+            age.add_metric([], _age(datetime.fromisoformat(str(last["created_at"]).replace("Z", "+00:00"))))
             intact.add_metric([], 1.0 if last["ok"] else 0.0)
-        yield age
-        yield intact
+        if checkpoint_at is not None:
+            signed.add_metric([], _age(checkpoint_at))
+        if uncovered is not None:
+            behind.add_metric([], float(uncovered))
+        yield from (age, intact, signed, behind)
 
 
 class Metrics:
@@ -66,16 +76,16 @@ class Metrics:
         self.fetches = Counter("spine_cds_fhir_fetches", "Prefetch keys fetched from FHIR servers, by outcome.", ["outcome"], registry=own)
         self.refused = Counter("spine_cds_refused_tokens", "EHR tokens refused (401), by reason code.", ["reason"], registry=own)
         self.appends = Counter("spine_cds_log_appends", "Entries appended to the decision log, by kind.", ["kind"], registry=own)
-        self._verification = _VerificationAge(engine)
+        self._log_health = _LogHealth(engine)
         if own is not None:
-            own.register(self._verification)
+            own.register(self._log_health)
 
     def exposition(self) -> bytes:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
-        registry.register(self._verification)
+        registry.register(self._log_health)
         return generate_latest(registry)
 
     def appended(self, kind: str, count: int = 1) -> None:

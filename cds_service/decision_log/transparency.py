@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select
@@ -227,6 +228,17 @@ def checkpoint_note(engine: Engine, size: int) -> str | None:
     """The signed note of the checkpoint of `size` entries, if there is one."""
     with engine.connect() as connection:
         return connection.execute(select(TreeCheckpoint.note).where(TreeCheckpoint.size == size)).scalar_one_or_none()
+
+
+def anchoring_state(engine: Engine) -> tuple[datetime | None, int]:
+    """When the newest checkpoint was signed (None if never), and how many chain entries it does not cover yet."""
+    with engine.connect() as connection:
+        newest = connection.execute(
+            select(TreeCheckpoint.size, TreeCheckpoint.created_at).order_by(TreeCheckpoint.size.desc()).limit(1)
+        ).first()
+        head = connection.execute(select(func.max(LogEntry.seq))).scalar()
+    covered = int(newest.size) if newest else 0
+    return (newest.created_at if newest else None), max(0, int(head or 0) - covered)
 
 
 def checkpoints(engine: Engine, limit: int = 100) -> list[dict[str, Any]]:

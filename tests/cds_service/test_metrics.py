@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from cds_service.decision_log.chain import AnchorFile, verify_and_record
+from cds_service.decision_log.transparency import extend_and_sign
 from hooks.synthetic import generate
 from tests.cds_service.cli.test_cli import serving
 from tests.cds_service.requests import FHIR_TOKEN, TODAY, fetched_from, patient_view_of
@@ -64,6 +65,8 @@ def test_metrics_count_calls_latency_fetches_refusals_appends_and_verification_a
     assert value(scraped, "spine_cds_refused_tokens_total", reason="signature") == 1
     assert value(scraped, "spine_cds_log_appends_total", kind="decision") == 3
     assert ("spine_cds_log_verification_age_seconds", frozenset()) not in scraped  # never verified yet
+    assert ("spine_cds_log_checkpoint_age_seconds", frozenset()) not in scraped  # never signed yet
+    assert value(scraped, "spine_cds_log_entries_not_in_checkpoint") == 3
     assert forged not in response.text
 
     parts = running.app.extensions["spine_cds"]
@@ -71,6 +74,10 @@ def test_metrics_count_calls_latency_fetches_refusals_appends_and_verification_a
     scraped = samples(running.client.get("/metrics").text)
     assert 0 <= value(scraped, "spine_cds_log_verification_age_seconds") < 3600
     assert value(scraped, "spine_cds_log_verification_ok") == 1
+    extend_and_sign(parts.engine, parts.runtime.checkpoint_signer)
+    scraped = samples(running.client.get("/metrics").text)
+    assert 0 <= value(scraped, "spine_cds_log_checkpoint_age_seconds") < 3600
+    assert value(scraped, "spine_cds_log_entries_not_in_checkpoint") == 0
 
 
 def test_metrics_with_a_token_answer_only_that_bearer(service_factory: Callable[..., RunningService]) -> None:
