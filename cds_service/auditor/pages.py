@@ -43,6 +43,7 @@ from cds_service.decision_log.queries import (
     MAX_ID,
     SORTABLE,
     DecisionFilters,
+    feedback_for,
     get_decision,
     latest_verification,
     list_decisions,
@@ -408,6 +409,22 @@ def decision_proof(decision_id: int, auditor: Auditor) -> Any:
     except NotAnchored as exc:
         raise ApiError(404, "not_anchored", f"{exc}.") from None
     return _download(text, f"decision-{decision_id}.proof")
+
+
+@bp.get("/decisions/<int:decision_id>/feedback/<int:feedback_id>/proof")
+@login_required
+def feedback_proof(decision_id: int, feedback_id: int, auditor: Auditor) -> Any:
+    """The inclusion proof of one feedback item on this decision: what the clinician did with the card."""
+    details = {"decision_id": decision_id, "feedback_id": feedback_id}
+    components().decision_log.record_access(auditor.username, "page.proof", details)
+    ours = 1 <= decision_id <= MAX_ID and feedback_id in {f["id"] for f in feedback_for(_engine(), [decision_id])[decision_id]}
+    if not ours:
+        raise ApiError(404, "not_found", f"Decision {decision_id} has no feedback item {feedback_id}.")
+    try:
+        text = prove_entry(_engine(), "feedback", feedback_id)
+    except NotAnchored as exc:
+        raise ApiError(404, "not_anchored", f"{exc}.") from None
+    return _download(text, f"feedback-{feedback_id}.proof")
 
 
 @bp.get("/decisions/<int:decision_id>")

@@ -23,7 +23,7 @@ from cds_service.database import make_engine, upgrade
 from cds_service.decision_log import chain, merkle
 from cds_service.decision_log.proof import STANDALONE_VERIFIER, ProofVerificationError, verify_extension, verify_proof
 from cds_service.decision_log.signed_note import Signer
-from cds_service.decision_log.tables import Decision, IssuedCard, LogEntry, TreeNode
+from cds_service.decision_log.tables import Decision, Feedback, IssuedCard, LogEntry, TreeNode
 from cds_service.decision_log.transparency import (
     LEAF_PREFIX,
     NotAnchored,
@@ -287,6 +287,25 @@ def test_the_decision_page_offers_the_proof_for_download(audit_log: AuditLog) ->
     audit_log.assert_no_patient_id(download.text)
     assert any(e["action"] == "page.proof" for e in audit_log.access_log())
     assert audit_log.get("/audit/decisions/2147483000/proof").status_code == 404
+
+
+def test_the_decision_page_offers_each_feedback_items_proof(audit_log: AuditLog) -> None:
+    likely, order = audit_log.calls["likely"], audit_log.calls["order"]
+    parts = audit_log.running.app.extensions["spine_cds"]
+    extend_and_sign(parts.engine, parts.runtime.checkpoint_signer)
+    with parts.engine.connect() as connection:
+        (feedback_id,) = connection.execute(select(Feedback.id).where(Feedback.decision_id == likely.id)).scalars()
+    link = f"/audit/decisions/{likely.id}/feedback/{feedback_id}/proof"
+    assert f'href="{link}"' in audit_log.get(f"/audit/decisions/{likely.id}").text
+    download = audit_log.get(link)
+    assert download.headers["Content-Disposition"] == f'attachment; filename="feedback-{feedback_id}.proof"'
+    entry = json.loads(verify_proof(download.text, parts.runtime.checkpoint_signer.verifier).entry.removeprefix(LEAF_PREFIX))
+    assert (entry["kind"], entry["entry_id"]) == ("feedback", feedback_id)
+    audit_log.assert_no_patient_id(download.text)
+    assert audit_log.get(f"/audit/decisions/{order.id}/feedback/{feedback_id}/proof").status_code == 404  # another decision's
+    assert audit_log.get(f"/audit/decisions/{likely.id}/feedback/2147483000/proof").status_code == 404
+    recorded = [e["details"] for e in audit_log.access_log() if e["action"] == "page.proof"]
+    assert {"decision_id": likely.id, "feedback_id": feedback_id} in recorded
 
 
 def test_the_api_and_the_checkpoints_page_give_proofs_the_key_a_note_to_keep_and_the_proof_the_log_grew(
