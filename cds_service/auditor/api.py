@@ -21,7 +21,7 @@ from cds_service.decision_log import export
 from cds_service.decision_log.access import AccessFilters, access_ndjson, list_access
 from cds_service.decision_log.governance import csv_lines, governance
 from cds_service.decision_log.queries import MAX_ID, DecisionFilters, get_decision, list_decisions, page_args, stats
-from cds_service.decision_log.transparency import NotAnchored, checkpoints, consistency, prove_entry
+from cds_service.decision_log.transparency import NotAnchored, checkpoints, consistency, prove_entry, prove_feedback
 from cds_service.errors import ApiError
 
 bp = Blueprint("audit_api", __name__, url_prefix="/audit/api")
@@ -155,6 +155,21 @@ def decision_proof(decision_id: int, auditor: Auditor) -> Response:
     _record(auditor, "api.proof", {"decision_id": decision_id})
     try:
         text = prove_entry(components().engine, "decision", decision_id)
+    except NotAnchored as exc:
+        raise ApiError(404, "not_anchored", f"{exc}.") from None
+    return Response(text, mimetype="text/plain")
+
+
+@bp.get("/decisions/<int:decision_id>/feedback/<int:feedback_id>/proof")
+@auditor_only
+def feedback_proof(decision_id: int, feedback_id: int, auditor: Auditor) -> Response:
+    """The inclusion proof of one feedback item on this decision (C2SP tlog-proof)."""
+    _check_id(decision_id)
+    if feedback_id > MAX_ID:
+        raise ApiError(404, "not_found", "No such feedback item: ids run from 1 to 2147483647.")
+    _record(auditor, "api.proof", {"decision_id": decision_id, "feedback_id": feedback_id})
+    try:
+        text = prove_feedback(components().engine, decision_id, feedback_id)
     except NotAnchored as exc:
         raise ApiError(404, "not_anchored", f"{exc}.") from None
     return Response(text, mimetype="text/plain")

@@ -230,6 +230,23 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/audit/api/decisions/{decision_id}/feedback/{feedback_id}/proof": {
+                "get": {
+                    "operationId": "feedbackProof",
+                    "summary": "A feedback item's inclusion proof under the newest signed checkpoint (c2sp.org/tlog-proof)",
+                    "description": "What the clinician did with the decision's card, provable like the decision itself.",
+                    "parameters": [
+                        {"name": "decision_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
+                        {"name": "feedback_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}},
+                    ],
+                    "responses": {
+                        "200": {"description": "The proof file.", "content": {"text/plain": {"schema": _STRING}}},
+                        "404": _error("No such feedback item on this decision, or it is not under a signed checkpoint yet."),
+                        "401": _UNAUTHORIZED,
+                        "429": _TOO_MANY_ATTEMPTS,
+                    },
+                }
+            },
             "/audit/api/checkpoints": {
                 "get": {
                     "operationId": "listCheckpoints",

@@ -43,14 +43,20 @@ from cds_service.decision_log.queries import (
     MAX_ID,
     SORTABLE,
     DecisionFilters,
-    feedback_for,
     get_decision,
     latest_verification,
     list_decisions,
     page_args,
     stats,
 )
-from cds_service.decision_log.transparency import NotAnchored, checkpoint_note, checkpoints, consistency_file, prove_entry
+from cds_service.decision_log.transparency import (
+    NotAnchored,
+    checkpoint_note,
+    checkpoints,
+    consistency_file,
+    prove_entry,
+    prove_feedback,
+)
 from cds_service.errors import ApiError, TooManyAttempts
 from hooks.services import REASONS, SERVICES
 
@@ -415,13 +421,12 @@ def decision_proof(decision_id: int, auditor: Auditor) -> Any:
 @login_required
 def feedback_proof(decision_id: int, feedback_id: int, auditor: Auditor) -> Any:
     """The inclusion proof of one feedback item on this decision: what the clinician did with the card."""
+    if max(decision_id, feedback_id) > MAX_ID:  # no such row; and the access log's JSON holds 64-bit numbers only
+        raise ApiError(404, "not_found", f"Decision {decision_id} has no feedback item {feedback_id}.")
     details = {"decision_id": decision_id, "feedback_id": feedback_id}
     components().decision_log.record_access(auditor.username, "page.proof", details)
-    ours = 1 <= decision_id <= MAX_ID and feedback_id in {f["id"] for f in feedback_for(_engine(), [decision_id])[decision_id]}
-    if not ours:
-        raise ApiError(404, "not_found", f"Decision {decision_id} has no feedback item {feedback_id}.")
     try:
-        text = prove_entry(_engine(), "feedback", feedback_id)
+        text = prove_feedback(_engine(), decision_id, feedback_id)
     except NotAnchored as exc:
         raise ApiError(404, "not_anchored", f"{exc}.") from None
     return _download(text, f"feedback-{feedback_id}.proof")
@@ -565,8 +570,10 @@ def _download(text: str, filename: str) -> Response:
 @login_required
 def checkpoint_download(size: int, auditor: Auditor) -> Any:
     """One signed checkpoint (C2SP signed note), to keep and later prove the log only grew from it."""
+    if size > MAX_ID:
+        raise ApiError(404, "not_anchored", f"There is no signed checkpoint of size {size}.")
     components().decision_log.record_access(auditor.username, "page.checkpoint", {"size": size})
-    note = checkpoint_note(_engine(), size) if 1 <= size <= MAX_ID else None
+    note = checkpoint_note(_engine(), size)
     if note is None:
         raise ApiError(404, "not_anchored", f"There is no signed checkpoint of size {size}.")
     return _download(note, f"checkpoint-{size}.note")
@@ -586,9 +593,9 @@ def consistency_from_kept(auditor: Auditor) -> Any:
 @login_required
 def consistency_download(size: int, auditor: Auditor) -> Any:
     """The consistency proof from the checkpoint of `size` entries to the newest, as the file verify-consistency reads."""
-    components().decision_log.record_access(auditor.username, "page.consistency", {"from": size})
-    if not 1 <= size <= MAX_ID:
+    if size > MAX_ID:
         raise ApiError(404, "not_anchored", f"There is no signed checkpoint of size {size}.")
+    components().decision_log.record_access(auditor.username, "page.consistency", {"from": size})
     try:
         text = consistency_file(_engine(), size)
     except NotAnchored as exc:

@@ -21,8 +21,9 @@ from sqlalchemy.engine import Connection, Engine
 from cds_service.database import utcnow
 from cds_service.decision_log import chain, merkle
 from cds_service.decision_log.proof import prove
+from cds_service.decision_log.queries import MAX_ID
 from cds_service.decision_log.signed_note import Signer, sign_checkpoint
-from cds_service.decision_log.tables import Checkpoint, LogEntry, TreeCheckpoint, TreeNode
+from cds_service.decision_log.tables import Checkpoint, Feedback, LogEntry, TreeCheckpoint, TreeNode
 
 LEAF_PREFIX = b"spine-cds/leaf/v1\n"
 PURGED_PREFIX = b"spine-cds/purged/v1\n"
@@ -183,6 +184,21 @@ def tree_problem(engine: Engine, batch: int = _BATCH) -> chain.Problem | None:
 def prove_entry(engine: Engine, kind: str, entry_id: int) -> str:
     """The proof file of one logged decision, feedback item or access, under the newest signed checkpoint."""
     return prove_entries(engine, kind, [entry_id])[entry_id]
+
+
+def prove_feedback(engine: Engine, decision_id: int, feedback_id: int) -> str:
+    """The proof file of one feedback item on this decision (NotAnchored when the decision has no such item)."""
+    with engine.connect() as connection:
+        ours = (
+            max(decision_id, feedback_id) <= MAX_ID
+            and connection.execute(
+                select(Feedback.id).where(Feedback.id == feedback_id, Feedback.decision_id == decision_id)
+            ).first()
+            is not None
+        )
+    if not ours:
+        raise NotAnchored(f"decision {decision_id} has no feedback item {feedback_id}")
+    return prove_entry(engine, "feedback", feedback_id)
 
 
 def prove_entries(engine: Engine, kind: str, entry_ids: Sequence[int]) -> dict[int, str]:

@@ -14,7 +14,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from sqlalchemy import select
 
+from cds_service.decision_log.tables import Feedback
 from cds_service.decision_log.transparency import checkpoints, extend_and_sign
 from tests.cds_service.audit_log import BEFORE_MIDDLE, FORMULA_USER, PATIENT_MASK, AuditLog
 from tests.support import error_of
@@ -532,7 +534,7 @@ def test_the_openapi_document_is_valid_openapi_3_1(audit_log: AuditLog) -> None:
 def test_the_openapi_document_describes_every_route(audit_log: AuditLog) -> None:
     document = openapi(audit_log)
     routes = api_routes(audit_log)
-    assert len(routes) == 13
+    assert len(routes) == 14
     assert {path: set(operations) for path, operations in document["paths"].items()} == routes
 
 
@@ -555,11 +557,14 @@ def test_every_documented_parameter_is_accepted(audit_log: AuditLog) -> None:
     signed = extend_and_sign(parts.engine, parts.runtime.checkpoint_signer)  # so the proofs can be given
     size = signed.size if signed else checkpoints(parts.engine)[0]["size"]
     required = {"/audit/api/consistency": {"from": size}}
+    likely = audit_log.calls["likely"].id
+    with parts.engine.connect() as connection:  # the likely card was accepted: its feedback item
+        feedback_id = connection.execute(select(Feedback.id).where(Feedback.decision_id == likely)).scalar_one()
     checked = 0
     for path, operations in document["paths"].items():
         for operation in operations.values():
             parameters = [resolve(document, p) for p in operation.get("parameters", [])]
-            url = path.replace("{decision_id}", str(audit_log.calls["likely"].id))
+            url = path.replace("{decision_id}", str(likely)).replace("{feedback_id}", str(feedback_id))
             for parameter in parameters:
                 if parameter["in"] == "path":
                     continue

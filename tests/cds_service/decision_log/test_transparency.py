@@ -304,8 +304,15 @@ def test_the_decision_page_offers_each_feedback_items_proof(audit_log: AuditLog)
     audit_log.assert_no_patient_id(download.text)
     assert audit_log.get(f"/audit/decisions/{order.id}/feedback/{feedback_id}/proof").status_code == 404  # another decision's
     assert audit_log.get(f"/audit/decisions/{likely.id}/feedback/2147483000/proof").status_code == 404
+    assert audit_log.get(f"/audit/decisions/{likely.id}/feedback/{2**70}/proof").status_code == 404
     recorded = [e["details"] for e in audit_log.access_log() if e["action"] == "page.proof"]
     assert {"decision_id": likely.id, "feedback_id": feedback_id} in recorded
+    # the same from the API
+    from_api = audit_log.get(f"/audit/api/decisions/{likely.id}/feedback/{feedback_id}/proof")
+    assert from_api.status_code == 200 and from_api.text == download.text
+    refused = audit_log.get(f"/audit/api/decisions/{order.id}/feedback/{feedback_id}/proof")
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_anchored"
+    assert audit_log.get(f"/audit/api/decisions/{likely.id}/feedback/{2**70}/proof").status_code == 404
 
 
 def test_the_api_and_the_checkpoints_page_give_proofs_the_key_a_note_to_keep_and_the_proof_the_log_grew(
@@ -354,7 +361,12 @@ def test_the_api_and_the_checkpoints_page_give_proofs_the_key_a_note_to_keep_and
     for wrong in ("", "x", "-3", "99999999999999"):
         refused = audit_log.get("/audit/checkpoints/consistency", {"from": wrong})
         assert refused.status_code == 400 and "checkpoint you kept" in refused.text
-    for missing in (f"/audit/checkpoints/{newest_size + 7}/note", f"/audit/checkpoints/{newest_size + 7}/consistency"):
+    for missing in (
+        f"/audit/checkpoints/{newest_size + 7}/note",
+        f"/audit/checkpoints/{newest_size + 7}/consistency",
+        f"/audit/checkpoints/{2**70}/note",  # past any id, and past what the access log's JSON can hold
+        f"/audit/checkpoints/{2**70}/consistency",
+    ):
         refused = audit_log.get(missing)
         assert refused.status_code == 404 and "no signed checkpoint" in refused.text
 
