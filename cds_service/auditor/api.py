@@ -20,7 +20,8 @@ from cds_service.components import components
 from cds_service.decision_log import export
 from cds_service.decision_log.access import AccessFilters, access_ndjson, list_access
 from cds_service.decision_log.governance import csv_lines, governance
-from cds_service.decision_log.queries import MAX_ID, DecisionFilters, get_decision, list_decisions, page_args, stats
+from cds_service.decision_log.queries import DecisionFilters, get_decision, list_decisions, page_args, stats
+from cds_service.decision_log.tables import MAX_ID
 from cds_service.decision_log.transparency import NotAnchored, checkpoints, consistency, prove_entry, prove_feedback
 from cds_service.errors import ApiError
 

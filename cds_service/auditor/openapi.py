@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cds_service.decision_log.queries import MAX_ID, MAX_PAGE, MAX_PER_PAGE, SORTABLE, SUMMARY_COLUMNS
+from cds_service.decision_log.queries import MAX_PAGE, MAX_PER_PAGE, SORTABLE, SUMMARY_COLUMNS
+from cds_service.decision_log.tables import MAX_ID
 
 _STRING = {"type": "string"}
 _NULLABLE_STRING = {"type": ["string", "null"]}

@@ -40,7 +40,6 @@ from cds_service.components import components
 from cds_service.decision_log.access import AccessFilters, list_access
 from cds_service.decision_log.governance import governance
 from cds_service.decision_log.queries import (
-    MAX_ID,
     SORTABLE,
     DecisionFilters,
     get_decision,
@@ -49,6 +48,7 @@ from cds_service.decision_log.queries import (
     page_args,
     stats,
 )
+from cds_service.decision_log.tables import MAX_ID
 from cds_service.decision_log.transparency import (
     NotAnchored,
     checkpoint_note,

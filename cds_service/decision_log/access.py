@@ -15,8 +15,8 @@ from sqlalchemy import ColumnElement, Select, String, and_, cast, func, or_, sel
 from sqlalchemy.engine import Engine
 
 from cds_service.decision_log.export import DCM, DECISION_SYSTEM, ENTITY_TYPE, OBSERVER, PATIENT_SYSTEM, SOURCE_TYPE
-from cds_service.decision_log.queries import MAX_ID, MAX_PAGE, MAX_PER_PAGE, Page, day_or_time, filter_text
-from cds_service.decision_log.tables import AccessRecord, Decision
+from cds_service.decision_log.queries import MAX_PAGE, MAX_PER_PAGE, Page, day_or_time, filter_text
+from cds_service.decision_log.tables import MAX_ID, AccessRecord, Decision
 from cds_service.errors import ApiError
 
 AUDITOR_SYSTEM = "urn:spine-cds:auditor"

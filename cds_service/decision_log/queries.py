@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, func, select
 from sqlalchemy.engine import Engine
 
-from cds_service.decision_log.tables import Decision, Feedback, Verification
+from cds_service.decision_log.tables import MAX_ID, Decision, Feedback, Verification
 from cds_service.errors import ApiError
 
 SORTABLE = {"created_at", "service_id", "hook", "band", "outcome", "reason", "latency_ms", "user_id", "tenant", "id"}
@@ -38,9 +38,8 @@ SUMMARY_COLUMNS = (
     "model_version",
 )
 MAX_PER_PAGE = 500
-# decision ids are a 32-bit column on PostgreSQL; pages and filters are bounded so no value reaches the
-# database that it cannot compare
-MAX_ID = 2**31 - 1
+# pages and filters are bounded so no value reaches the database that it cannot compare (MAX_ID: ids are
+# a 32-bit column on PostgreSQL)
 MAX_PAGE = 1_000_000
 MAX_FILTER_LENGTH = 500
 SelectT = TypeVar("SelectT", bound=Select[*tuple[Any, ...]])

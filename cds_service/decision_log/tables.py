@@ -25,6 +25,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from cds_service.database import Base, utcnow
 
+MAX_ID = 2**31 - 1  # the largest id of a row: ids are 32-bit integer columns on PostgreSQL
+
 
 class Decision(Base):
     __tablename__ = "decisions"

@@ -21,9 +21,8 @@ from sqlalchemy.engine import Connection, Engine
 from cds_service.database import utcnow
 from cds_service.decision_log import chain, merkle
 from cds_service.decision_log.proof import prove
-from cds_service.decision_log.queries import MAX_ID
 from cds_service.decision_log.signed_note import Signer, sign_checkpoint
-from cds_service.decision_log.tables import Checkpoint, Feedback, LogEntry, TreeCheckpoint, TreeNode
+from cds_service.decision_log.tables import MAX_ID, Checkpoint, Feedback, LogEntry, TreeCheckpoint, TreeNode
 
 LEAF_PREFIX = b"spine-cds/leaf/v1\n"
 PURGED_PREFIX = b"spine-cds/purged/v1\n"
