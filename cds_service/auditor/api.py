@@ -45,9 +45,9 @@ def _record(auditor: Auditor, action: str, details: dict[str, Any]) -> None:
     components().decision_log.record_access(auditor.username, action, details)
 
 
-def _check_id(decision_id: int) -> None:
-    if not 1 <= decision_id <= MAX_ID:
-        raise ApiError(404, "not_found", "No such decision: ids run from 1 to 2147483647.")
+def _check_id(row_id: int, what: str = "decision") -> None:
+    if not 1 <= row_id <= MAX_ID:
+        raise ApiError(404, "not_found", f"No such {what}: ids run from 1 to 2147483647.")
 
 
 def _page_url(page: int) -> str:
@@ -166,8 +166,7 @@ def decision_proof(decision_id: int, auditor: Auditor) -> Response:
 def feedback_proof(decision_id: int, feedback_id: int, auditor: Auditor) -> Response:
     """The inclusion proof of one feedback item on this decision (C2SP tlog-proof)."""
     _check_id(decision_id)
-    if feedback_id > MAX_ID:
-        raise ApiError(404, "not_found", "No such feedback item: ids run from 1 to 2147483647.")
+    _check_id(feedback_id, "feedback item")
     _record(auditor, "api.proof", {"decision_id": decision_id, "feedback_id": feedback_id})
     try:
         text = prove_feedback(components().engine, decision_id, feedback_id)
