@@ -566,16 +566,20 @@ def _download(text: str, filename: str) -> Response:
     return response
 
 
+def _no_checkpoint(size: int) -> ApiError:
+    return ApiError(404, "not_anchored", f"There is no signed checkpoint of size {size}.")
+
+
 @bp.get("/checkpoints/<int:size>/note")
 @login_required
 def checkpoint_download(size: int, auditor: Auditor) -> Any:
     """One signed checkpoint (C2SP signed note), to keep and later prove the log only grew from it."""
     if size > MAX_ID:
-        raise ApiError(404, "not_anchored", f"There is no signed checkpoint of size {size}.")
+        raise _no_checkpoint(size)
     components().decision_log.record_access(auditor.username, "page.checkpoint", {"size": size})
     note = checkpoint_note(_engine(), size)
     if note is None:
-        raise ApiError(404, "not_anchored", f"There is no signed checkpoint of size {size}.")
+        raise _no_checkpoint(size)
     return _download(note, f"checkpoint-{size}.note")
 
 
@@ -594,7 +598,7 @@ def consistency_from_kept(auditor: Auditor) -> Any:
 def consistency_download(size: int, auditor: Auditor) -> Any:
     """The consistency proof from the checkpoint of `size` entries to the newest, as the file verify-consistency reads."""
     if size > MAX_ID:
-        raise ApiError(404, "not_anchored", f"There is no signed checkpoint of size {size}.")
+        raise _no_checkpoint(size)
     components().decision_log.record_access(auditor.username, "page.consistency", {"from": size})
     try:
         text = consistency_file(_engine(), size)
