@@ -45,6 +45,12 @@ def _record(auditor: Auditor, action: str, details: dict[str, Any]) -> None:
     components().decision_log.record_access(auditor.username, action, details)
 
 
+@bp.errorhandler(NotAnchored)
+def _not_anchored(error: NotAnchored) -> Response:
+    """No such entry in the log, or none under a signed checkpoint yet: one 404 for every proof route."""
+    return ApiError(404, "not_anchored", f"{error}.").to_response()
+
+
 def _check_id(row_id: int, what: str = "decision") -> None:
     if not 1 <= row_id <= MAX_ID:
         raise ApiError(404, "not_found", f"No such {what}: ids run from 1 to 2147483647.")
@@ -154,10 +160,7 @@ def decision_proof(decision_id: int, auditor: Auditor) -> Response:
     """The decision's inclusion proof under the newest signed checkpoint (C2SP tlog-proof)."""
     _check_id(decision_id)
     _record(auditor, "api.proof", {"decision_id": decision_id})
-    try:
-        text = prove_entry(components().engine, "decision", decision_id)
-    except NotAnchored as exc:
-        raise ApiError(404, "not_anchored", f"{exc}.") from None
+    text = prove_entry(components().engine, "decision", decision_id)
     return Response(text, mimetype="text/plain")
 
 
@@ -168,10 +171,7 @@ def feedback_proof(decision_id: int, feedback_id: int, auditor: Auditor) -> Resp
     _check_id(decision_id)
     _check_id(feedback_id, "feedback item")
     _record(auditor, "api.proof", {"decision_id": decision_id, "feedback_id": feedback_id})
-    try:
-        text = prove_feedback(components().engine, decision_id, feedback_id)
-    except NotAnchored as exc:
-        raise ApiError(404, "not_anchored", f"{exc}.") from None
+    text = prove_feedback(components().engine, decision_id, feedback_id)
     return Response(text, mimetype="text/plain")
 
 
@@ -192,10 +192,7 @@ def consistency_proof(auditor: Auditor) -> Response:
     if set(request.args) - {"from"} or not raw.isdigit() or not 1 <= int(raw) <= MAX_ID:
         raise ApiError(400, "invalid_filter", "'from' (a signed checkpoint's tree size) is the only parameter.")
     _record(auditor, "api.consistency", {"from": int(raw)})
-    try:
-        return jsonify(consistency(components().engine, int(raw)))
-    except NotAnchored as exc:
-        raise ApiError(404, "not_anchored", f"{exc}.") from None
+    return jsonify(consistency(components().engine, int(raw)))
 
 
 @bp.get("/governance")

@@ -106,6 +106,12 @@ def _error_page(error: ApiError) -> tuple[str, int]:
     return render_template("audit_error.html", error=error, auditor=_auditor_or_none()), error.status
 
 
+@bp.errorhandler(NotAnchored)
+def _not_anchored_page(error: NotAnchored) -> tuple[str, int]:
+    """No such entry in the log, or none under a signed checkpoint yet: one 404 page for every proof download."""
+    return _error_page(ApiError(404, "not_anchored", f"{error}."))
+
+
 @bp.app_template_global()
 def audit_csrf_token() -> str:
     return csrf_token()
@@ -410,10 +416,7 @@ def decision_proof(decision_id: int, auditor: Auditor) -> Any:
     if not 1 <= decision_id <= MAX_ID:
         raise ApiError(404, "not_found", f"There is no decision {decision_id}.")
     components().decision_log.record_access(auditor.username, "page.proof", {"decision_id": decision_id})
-    try:
-        text = prove_entry(_engine(), "decision", decision_id)
-    except NotAnchored as exc:
-        raise ApiError(404, "not_anchored", f"{exc}.") from None
+    text = prove_entry(_engine(), "decision", decision_id)
     return _download(text, f"decision-{decision_id}.proof")
 
 
@@ -425,10 +428,7 @@ def feedback_proof(decision_id: int, feedback_id: int, auditor: Auditor) -> Any:
         raise ApiError(404, "not_found", f"Decision {decision_id} has no feedback item {feedback_id}.")
     details = {"decision_id": decision_id, "feedback_id": feedback_id}
     components().decision_log.record_access(auditor.username, "page.proof", details)
-    try:
-        text = prove_feedback(_engine(), decision_id, feedback_id)
-    except NotAnchored as exc:
-        raise ApiError(404, "not_anchored", f"{exc}.") from None
+    text = prove_feedback(_engine(), decision_id, feedback_id)
     return _download(text, f"feedback-{feedback_id}.proof")
 
 
@@ -600,8 +600,5 @@ def consistency_download(size: int, auditor: Auditor) -> Any:
     if size > MAX_ID:
         raise _no_checkpoint(size)
     components().decision_log.record_access(auditor.username, "page.consistency", {"from": size})
-    try:
-        text = consistency_file(_engine(), size)
-    except NotAnchored as exc:
-        raise ApiError(404, "not_anchored", f"{exc}.") from None
+    text = consistency_file(_engine(), size)
     return _download(text, f"consistency-{size}.json")

@@ -2,8 +2,8 @@
 
 Per site (issuer and tenant), hook and model version over a period: calls, eligible calls (answered and
 assessed: a band), cards and cards per 100 eligible calls, feedback accepted and overridden (each also per
-100 cards; overrides by reason and by HL7 non-adherence category), snoozed calls, and the same per ISO week as the trend. A group whose cards fire on
-more than the warning share of its eligible calls is flagged."""
+100 cards; overrides by reason and by HL7 non-adherence category), snoozed calls, and the same per ISO week
+as the trend. A group whose cards fire on more than the warning share of its eligible calls is flagged."""
 
 from __future__ import annotations
 
@@ -100,6 +100,7 @@ def governance(engine: Engine, filters: DecisionFilters, warning_share: float) -
     for (issuer, tenant, hook, version), group in sorted(groups.items(), key=lambda kv: (-kv[1].counts.calls, kv[0])):
         counts = group.counts
         share = counts.cards / counts.eligible if counts.eligible else 0.0
+        overridden = sum(group.overridden.values())
         out.append(
             {
                 "issuer": issuer,
@@ -112,8 +113,8 @@ def governance(engine: Engine, filters: DecisionFilters, warning_share: float) -
                 "cards_per_100_eligible": counts.per_100(),
                 "accepted": group.accepted,
                 "accepted_per_100_cards": _per_100(group.accepted, counts.cards),
-                "overridden": sum(group.overridden.values()),
-                "overridden_per_100_cards": _per_100(sum(group.overridden.values()), counts.cards),
+                "overridden": overridden,
+                "overridden_per_100_cards": _per_100(overridden, counts.cards),
                 "overridden_by_reason": dict(sorted(group.overridden.items())),
                 "overridden_by_category": dict(sorted(group.categories.items())),
                 "snoozed": counts.snoozed,
